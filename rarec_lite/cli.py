@@ -1,0 +1,64 @@
+"""The ``rarec-lite`` command (also ``python -m rarec_lite``).
+
+Each sub-command is a thin wrapper over one module of the package, so that what a
+notebook does and what the command does are the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    raise NotImplementedError("rarec-lite prepare: see rarec_lite.data")
+
+
+def _cmd_train_sasrec(args: argparse.Namespace) -> int:
+    raise NotImplementedError("rarec-lite train-sasrec: see rarec_lite.sasrec")
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    raise NotImplementedError("rarec-lite pipeline: see rarec_lite.pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rarec-lite",
+        description="RA-Rec course: data, SASRec, LLM backbones and the three paradigms.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read raw Amazon files and write a processed, leave-one-out dataset")
+    p.add_argument("--dataset", default="cloth", choices=["cloth", "book"])
+    p.add_argument("--raw-dir", default=None, help="raw files or a mirror (default: $RAREC_MIRROR, then the download dir)")
+    p.add_argument("--out", default=None, help="output dir (default: $RAREC_HOME/processed/DATASET)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache matches the inputs")
+    p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train-sasrec", help="train the SASRec ID encoder and export its embeddings")
+    p.add_argument("--dataset", default="cloth", choices=["cloth", "book"])
+    p.add_argument("--out", default=None, help="run dir (default: $RAREC_HOME/runs/sasrec-DATASET)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_sasrec)
+
+    p = sub.add_parser("pipeline", help="prepare, SASRec, every paradigm and the evaluation, resumable")
+    p.add_argument("--config", default="cpu-quick", help="a name in configs/ (e.g. cpu-quick) or a path to a .toml")
+    p.add_argument("--out", default=".", help="results go to OUT/results/<config name>/")
+    p.set_defaults(func=_cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"rarec-lite {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
