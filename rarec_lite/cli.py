@@ -11,7 +11,38 @@ import sys
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    raise NotImplementedError("rarec-lite prepare: see rarec_lite.data")
+    """``rarec-lite prepare``: :func:`rarec_lite.data.prepare`, then print its stats."""
+    import time
+
+    from . import data, paths
+
+    start = time.perf_counter()
+    stats = data.prepare(
+        args.dataset, raw_dir=args.raw_dir, out_dir=args.out, force=args.force, skip_bad_lines=args.skip_bad_lines
+    )
+    seconds = time.perf_counter() - start
+    out = args.out or paths.processed_dir(args.dataset)
+    seq, pop, cov = stats["sequence_length"], stats["item_popularity"], stats["text_coverage"]
+    pct = lambda n: f"{n:,} ({100.0 * n / max(cov['items'], 1):.1f}%)"  # noqa: E731
+    action = "reused the cache (inputs unchanged)" if stats.get("cache") == "reused" else "built"
+    lines = [
+        f"{stats['dataset']}: {action} in {seconds:.1f} s -> {out}",
+        f"  source        {stats['source_format']} in {stats['source_dir']}",
+        f"  users         {stats['users']:,}",
+        f"  items         {stats['items']:,}",
+        f"  interactions  {stats['interactions']:,}  (density {stats['density']:.6f})",
+        f"  seq. length   min {seq['min']}  median {seq['median']:g}  mean {seq['mean']:.2f}  "
+        f"p90 {seq['percentiles']['p90']:g}  p99 {seq['percentiles']['p99']:g}  max {seq['max']}",
+        f"  item counts   min {pop['min']}  median {pop['median']:g}  max {pop['max']}  "
+        f"Gini {pop['gini']:.3f}  top-1% items {100 * pop['top1pct_share']:.1f}% of interactions",
+        f"  item text     title {pct(cov['title'])}  brand {pct(cov['brand'])}  categories {pct(cov['categories'])}",
+        "  text from     " + "  ".join(f"{k} {v:,}" for k, v in cov["text_from"].items()),
+    ]
+    skipped = {k: v for k, v in stats.get("bad_lines_skipped", {}).items() if v}
+    if skipped:
+        lines.append("  bad lines     skipped " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
+    print("\n".join(lines))
+    return 0
 
 
 def _cmd_train_sasrec(args: argparse.Namespace) -> int:
