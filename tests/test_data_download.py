@@ -1,0 +1,184 @@
+"""Tests of data_download.sh, offline: mirror copies, a local HTTP server, and no network."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "data_download.sh"
+CAT = "Clothing_Shoes_and_Jewelry"
+REVIEWS, META = f"reviews_{CAT}_5.json.gz", f"meta_{CAT}.json.gz"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("gzip") is None,
+                                reason="data_download.sh needs bash and gzip")
+
+
+def run(*args, env_extra=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAREC_MIRROR", "RAREC_DOWNLOAD_BASE")}
+    env.update({"RAREC_DOWNLOAD_RETRIES": "1", "RAREC_DOWNLOAD_TIMEOUT": "5", **(env_extra or {})})
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def gz_bytes(n_lines: int, seed: int = 0) -> bytes:
+    # Non-repetitive content so that the gzip is large enough to cut in the middle.
+    import random
+
+    rnd = random.Random(seed)
+    text = "".join(f'{{"reviewerID": "u{rnd.random()}", "asin": "a{rnd.random()}", "unixReviewTime": {i}}}\n'
+                   for i in range(n_lines))
+    return gzip.compress(text.encode())
+
+
+class _Server:
+    """A local HTTP server with byte-range support (curl -C - needs it; http.server lacks it)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.requests.append((name, self.headers.get("Range")))
+                body = server.files.get(name)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes="):
+                    start = int(rng[len("bytes="):].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.files, self.requests = files, []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_help():
+    result = run("--help")
+    assert result.returncode == 0 and result.stdout.startswith("Usage: bash data_download.sh")
+    assert "--from DIR" in result.stdout and "RAREC_MIRROR" in result.stdout
+    bad = run("--dataset", "shoes")
+    assert bad.returncode != 0 and "--dataset must be cloth or book" in bad.stderr
+
+
+def test_from_openp5_layout_and_rerun_skips(tmp_path):
+    mirror = tmp_path / "mirror" / "amazon_cloth"
+    mirror.mkdir(parents=True)
+    (mirror / "user_sequence.txt").write_text("A i1 i2 i3 i4 i5\n")
+    (mirror / "item_brand_categories.tsv").write_text("asin\tbrand\tcategories\ni1\tX\tClothing, Shoes & Jewelry | Men\n")
+    dest = tmp_path / "dest"
+    result = run("--from", str(tmp_path / "mirror"), "--dest", str(dest))
+    assert result.returncode == 0, result.stderr
+    for name in ("user_sequence.txt", "item_brand_categories.tsv"):
+        assert (dest / name).read_bytes() == (mirror / name).read_bytes()
+    assert not list(dest.glob("*.part"))
+    again = run("--from", str(mirror), "--dest", str(dest))
+    assert again.returncode == 0 and again.stdout.count("already there, skipped") == 2
+
+
+def test_from_raw_2014_files_via_rarec_mirror(tmp_path):
+    mirror = tmp_path / "m" / "cloth"
+    mirror.mkdir(parents=True)
+    (mirror / REVIEWS).write_bytes(gz_bytes(50, 1))
+    (mirror / META).write_bytes(gz_bytes(20, 2))
+    home = tmp_path / "home"
+    result = run(env_extra={"RAREC_MIRROR": str(tmp_path / "m"), "RAREC_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    dest = home / "raw" / "cloth"  # the default destination
+    assert (dest / REVIEWS).read_bytes() == (mirror / REVIEWS).read_bytes()
+    assert (dest / META).read_bytes() == (mirror / META).read_bytes()
+
+
+def test_from_mirror_with_bad_gzip_is_rejected(tmp_path):
+    mirror = tmp_path / "m"
+    mirror.mkdir()
+    blob = gz_bytes(3000)
+    (mirror / REVIEWS).write_bytes(blob[: len(blob) // 2])
+    (mirror / META).write_bytes(gz_bytes(10))
+    dest = tmp_path / "dest"
+    result = run("--from", str(mirror), "--dest", str(dest))
+    assert result.returncode != 0 and "gzip -t failed" in result.stderr
+    assert not (dest / REVIEWS).exists() and not list(dest.glob("*.part"))
+    nothing = run("--from", str(tmp_path / "dest"), "--dest", str(tmp_path / "d2"))
+    assert nothing.returncode != 0 and "no cloth data in" in nothing.stderr
+
+
+def test_download_resumes_a_partial_file(tmp_path):
+    reviews, meta = gz_bytes(4000, 1), gz_bytes(500, 2)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    half = len(reviews) // 2
+    (dest / f"{REVIEWS}.part").write_bytes(reviews[:half])
+    with _Server({REVIEWS: reviews, META: meta}) as server:
+        result = run("--dest", str(dest), env_extra={"RAREC_DOWNLOAD_BASE": server.url})
+        assert result.returncode == 0, result.stderr
+        assert (REVIEWS, f"bytes={half}-") in server.requests  # resumed, not restarted
+        assert (dest / REVIEWS).read_bytes() == reviews and (dest / META).read_bytes() == meta
+        assert not list(dest.glob("*.part"))
+        n = len(server.requests)
+        again = run("--dest", str(dest), env_extra={"RAREC_DOWNLOAD_BASE": server.url})
+        assert again.returncode == 0 and again.stdout.count("already complete, skipped") == 2
+        assert len(server.requests) == n  # nothing fetched
+
+
+def test_download_rejects_a_bad_gzip(tmp_path):
+    good = gz_bytes(300)
+    with _Server({REVIEWS: good[: len(good) // 2], META: good}) as server:
+        result = run("--dest", str(tmp_path), env_extra={"RAREC_DOWNLOAD_BASE": server.url})
+    assert result.returncode != 0 and "not a valid gzip" in result.stderr
+    assert not (tmp_path / REVIEWS).exists() and not (tmp_path / f"{REVIEWS}.part").exists()
+
+
+def test_offline_gives_a_clear_message(tmp_path):
+    with socket.socket() as sock:  # a port with nothing listening: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run("--dest", str(tmp_path), env_extra={"RAREC_DOWNLOAD_BASE": f"http://127.0.0.1:{port}"})
+    assert result.returncode != 0
+    assert "Could not download" in result.stderr and "--from DIR" in result.stderr
+    assert "RAREC_MIRROR" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / REVIEWS).exists()
+
+
+@pytest.mark.realdata
+def test_from_the_shared_mirror(shared_cloth_dir, tmp_path):
+    for source in (shared_cloth_dir, shared_cloth_dir.parent):
+        dest = tmp_path / source.name
+        result = run("--from", str(source), "--dest", str(dest))
+        assert result.returncode == 0, result.stderr
+        assert (dest / "user_sequence.txt").read_bytes() == (shared_cloth_dir / "user_sequence.txt").read_bytes()
+        assert (dest / "item_brand_categories.tsv").stat().st_size == (
+            shared_cloth_dir / "item_brand_categories.tsv").stat().st_size
