@@ -461,3 +461,25 @@ def test_real_clothing_counts_and_text(shared_cloth_dir, session_home):
     u = ds.user_ids.index(first[0])
     assert [ds.item_ids[i] for i in ds.sequences[u]] == first[1:]
     assert data.prepare("cloth", raw_dir=shared_cloth_dir, out_dir=out)["cache"] == "reused"
+
+
+def test_prepare_2023_layout_dedupes_and_filters(tmp_path):
+    # 2023 files are not 5-core: user "x" (2 items) and item "P9" (1 user) must go; repeated
+    # ratings of the same item keep the earliest one.
+    lines = []
+    for u in range(5):
+        for j in range(5):
+            lines.append(json.dumps({"user_id": f"U{u}", "parent_asin": f"P{j}", "timestamp": 1000 * (j + 1)}))
+    lines.append(json.dumps({"user_id": "U0", "parent_asin": "P0", "timestamp": 99_000}))  # repeat, later
+    lines += [json.dumps({"user_id": "x", "parent_asin": "P1", "timestamp": 1}),
+              json.dumps({"user_id": "x", "parent_asin": "P9", "timestamp": 2})]
+    write_lines(tmp_path / "raw" / f"{CAT}.jsonl.gz", lines)
+    write_lines(tmp_path / "raw" / f"meta_{CAT}.jsonl.gz",
+                [json.dumps({"parent_asin": "P0", "title": "Linen Shirt", "categories": []})])
+    stats = data.prepare("cloth", raw_dir=tmp_path / "raw", out_dir=tmp_path / "out")
+    assert stats["source_format"] == "amazon2023"
+    assert (stats["users"], stats["items"], stats["interactions"]) == (5, 5, 25)
+    assert stats["filtering"]["duplicates_dropped"] == 1 and stats["filtering"]["rows_read"] == 28
+    ds = data.read_processed(tmp_path / "out")
+    assert all(s.tolist() == [0, 1, 2, 3, 4] for s in ds.sequences)  # P0 stays first for U0
+    assert ds.item_text[0] == "Linen Shirt" and ds.item_text[1] == "item P1"
