@@ -1,0 +1,360 @@
+"""RA-Rec's ID representation alignment: soft prompts made from frozen ID embeddings, two towers.
+
+RA-Rec (Yu et al. 2024, arXiv 2402.04527, Sec. 3) keeps both the LLM and the ID recommender
+(SASRec) frozen and trains only a small **alignment module**. For every LLM layer ``l`` and
+each tower (user, item) it builds prefix vectors (a per-layer soft prompt):
+
+    prefix_l(e) = [ C_l ; reshape(W_l e + b_l, (n_id, H)) ]       shape (n_instr + n_id, H)
+
+* ``C_l``: the **contextual instruction**, ``n_instr`` learnable vectors of layer ``l``.
+* ``W_l``: the **reparameterization**, a layer-specific linear map of the ID embedding ``e``
+  (SASRec user embedding for the user tower, SASRec item embedding for the item tower) into
+  ``n_id`` vectors of width ``H``.
+
+The prefix vectors enter layer ``l`` as hidden states in front of the text, pushed through
+the layer's own frozen norm and K/V projections (:func:`rarec_lite.prefix.forward_with_prefix`).
+The user tower reads the hybrid prompt (a short hard prompt + the user soft prompt), the
+item tower the item text + the item soft prompt; the score is the dot product of the pooled
+final states (:class:`TwoTower`).
+
+Variants of the paper's ablations: ``use_id=False`` (no ID representation: prefix tuning with
+the same budget), ``use_instruction=False`` (w/o contextual instruction), ``layer_specific=False``
+(one projector shared by all layers). ``lam = 0`` (w/o InfoNCE) is a training option
+(:mod:`rarec_lite.train`).
+
+**Initialisation.** Prefix vectors should look like the hidden states they stand in for. We
+draw ``C_l ~ N(0, s_l^2)`` and ``W_l ~ N(0, s_l^2 / id_dim)``, ``b_l = 0``, so a prefix vector
+has per-coordinate RMS about ``s_l`` (times the RMS of ``e`` for the ID tokens). ``s_l`` is
+``init_scale``: one float for every layer (default 1.0, the RMS of a normalised hidden state)
+or one per layer, e.g. the RMS of real hidden states measured with :func:`hidden_state_rms`.
+In pre-norm models (LLaMA, GPT-2) the layer's norm rescales the prefix anyway, so ``s_l``
+mostly sets how large an AdamW step (about ``lr`` per coordinate) is relative to the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["RAAlignment", "TwoTower", "hidden_state_rms", "TOWERS"]
+
+TOWERS = ("user", "item")
+
+
+class RAAlignment(nn.Module):
+    """Per-layer soft prompts of both towers: contextual instruction + reparameterized ID.
+
+    Args:
+        info: the backbone's :class:`rarec_lite.llm.BackboneInfo` (uses ``num_layers`` L and
+            ``hidden_size`` H; any object with these attributes works).
+        id_dim: width ``d`` of the ID embeddings (SASRec hidden size).
+        num_id_tokens: ``n_id``, prefix vectors made from the ID embedding per layer.
+        num_instruction_tokens: ``n_instr``, contextual-instruction vectors per layer.
+        layer_specific: one reparameterization per layer (True) or one shared by all layers.
+        use_instruction: include the contextual instruction.
+        use_id: include the ID tokens (False = the "without ID representation" ablation).
+        init_scale: target per-coordinate RMS of the prefix vectors: a float, or a sequence
+            of L floats (one per layer). See the module docstring.
+
+    Trainable parameters (both towers; formula of :meth:`expected_num_params`):
+    ``2 * ( use_instruction * L * n_instr * H + use_id * L' * (d + 1) * n_id * H )`` with
+    ``L' = L`` if ``layer_specific`` else 1.
+
+    Raises:
+        ValueError: both ``use_id`` and ``use_instruction`` off (nothing to train: use
+            ``alignment=None`` in :class:`TwoTower` for the zero-shot model), a count < 0,
+            ``id_dim < 1`` with ``use_id``, or ``init_scale`` of the wrong length.
+
+    Source: RA-Rec (Yu et al. 2024), Sec. 3, alignment module (reparameterization + contextual
+    instruction); prefix tuning: Li & Liang 2021.
+    """
+
+    def __init__(self, info: Any, id_dim: int, num_id_tokens: int = 1, num_instruction_tokens: int = 4,
+                 layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
+                 init_scale: float | Sequence[float] = 1.0, seed: int | None = 0):
+        super().__init__()
+        if not (use_id or use_instruction):
+            raise ValueError("use_id and use_instruction are both False: nothing to train "
+                             "(use TwoTower(backbone, alignment=None) for the zero-shot model)")
+        if num_id_tokens < 0 or num_instruction_tokens < 0:
+            raise ValueError(f"token counts must be >= 0; got num_id_tokens={num_id_tokens}, "
+                             f"num_instruction_tokens={num_instruction_tokens}")
+        if use_id and (id_dim < 1 or num_id_tokens < 1):
+            raise ValueError(f"use_id needs id_dim >= 1 and num_id_tokens >= 1; got {id_dim}, {num_id_tokens}")
+        if use_instruction and num_instruction_tokens < 1:
+            raise ValueError("use_instruction needs num_instruction_tokens >= 1")
+        self.num_layers = L = int(info.num_layers)
+        self.hidden_size = H = int(info.hidden_size)
+        self.id_dim = int(id_dim)
+        self.num_id_tokens = int(num_id_tokens) if use_id else 0
+        self.num_instruction_tokens = int(num_instruction_tokens) if use_instruction else 0
+        self.layer_specific = bool(layer_specific)
+        self.use_instruction = bool(use_instruction)
+        self.use_id = bool(use_id)
+        scales = [float(init_scale)] * L if isinstance(init_scale, (int, float)) else [float(s) for s in init_scale]
+        if len(scales) != L:
+            raise ValueError(f"init_scale has {len(scales)} values; the backbone has {L} layers")
+        self.init_scale = scales
+
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        # contextual instruction: per tower, a (L, n_instr, H) tensor, row l for layer l
+        self.instruction = nn.ParameterDict()
+        if use_instruction:
+            for tower in TOWERS:
+                c = torch.randn(L, num_instruction_tokens, H, generator=gen)
+                c *= torch.tensor(scales)[:, None, None]
+                self.instruction[tower] = nn.Parameter(c)
+        # reparameterization: per tower, L linear maps d -> n_id * H (or one shared)
+        self.reparam = nn.ModuleDict()
+        if use_id:
+            n_maps = L if layer_specific else 1
+            for tower in TOWERS:
+                maps = nn.ModuleList()
+                for m in range(n_maps):
+                    lin = nn.Linear(id_dim, num_id_tokens * H)
+                    scale = scales[m] if layer_specific else sum(scales) / L
+                    with torch.no_grad():
+                        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * scale / math.sqrt(id_dim))
+                        lin.bias.zero_()
+                    maps.append(lin)
+                self.reparam[tower] = maps
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """P = n_instr + n_id: prefix vectors per layer."""
+        return self.num_instruction_tokens + self.num_id_tokens
+
+    @staticmethod
+    def expected_num_params(num_layers: int, hidden_size: int, id_dim: int, num_id_tokens: int = 1,
+                            num_instruction_tokens: int = 4, layer_specific: bool = True,
+                            use_instruction: bool = True, use_id: bool = True, num_towers: int = 2) -> int:
+        """Closed form of the trainable-parameter count.
+
+        ``towers * ( use_instruction * L * n_instr * H  +  use_id * L' * (d + 1) * n_id * H )``,
+        ``L' = L`` when ``layer_specific`` else 1 (``d + 1``: weight + bias of the linear map).
+        SmolLM2 first 8 layers (H = 576), d = 64, n_id = 1, n_instr = 4: 2 * (18,432 + 299,520)
+        = 635,904.
+        """
+        maps = num_layers if layer_specific else 1
+        per_tower = (int(use_instruction) * num_layers * num_instruction_tokens * hidden_size
+                     + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size)
+        return num_towers * per_tower
+
+    def num_trainable(self) -> int:
+        """Number of trainable scalars (parameters with ``requires_grad``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def prefixes(self, tower: str, id_emb: torch.Tensor | None = None,
+                 batch_size: int | None = None) -> list[torch.Tensor]:
+        """The per-layer soft prompt of ``tower``: a list of L tensors (B, P, H).
+
+        Args:
+            tower: ``"user"`` or ``"item"``.
+            id_emb: (B, d) frozen ID embeddings (SASRec user / item embeddings). Required
+                when ``use_id``; ignored when not (so one training loop serves every variant).
+            batch_size: B when ``id_emb`` is not used.
+
+        Returns:
+            ``[prefix_1, ..., prefix_L]``, each (B, P, H), P = n_instr + n_id; the
+            instruction vectors come first, then the ID vectors.
+
+        Raises:
+            ValueError: unknown tower; ``id_emb`` missing or of the wrong shape with ``use_id``;
+                no batch size.
+        """
+        if tower not in TOWERS:
+            raise ValueError(f"tower must be one of {TOWERS}; got {tower!r}")
+        if self.use_id:
+            if id_emb is None:
+                raise ValueError(f"{tower} tower: use_id=True needs id_emb (B, {self.id_dim})")
+            if id_emb.dim() != 2 or id_emb.shape[1] != self.id_dim:
+                raise ValueError(f"{tower} tower: id_emb must be (B, {self.id_dim}); got {tuple(id_emb.shape)}")
+            B = id_emb.shape[0]
+        elif id_emb is not None:
+            B = id_emb.shape[0]
+        elif batch_size is not None:
+            B = int(batch_size)
+        else:
+            raise ValueError("give id_emb or batch_size")
+        out = []
+        for layer in range(self.num_layers):
+            parts = []
+            if self.use_instruction:
+                parts.append(self.instruction[tower][layer].expand(B, -1, -1))
+            if self.use_id:
+                lin = self.reparam[tower][layer if self.layer_specific else 0]
+                e = id_emb.to(lin.weight.device, lin.weight.dtype)
+                parts.append(lin(e).view(B, self.num_id_tokens, self.hidden_size))
+            out.append(torch.cat(parts, dim=1))
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"L={self.num_layers}, H={self.hidden_size}, id_dim={self.id_dim}, n_id={self.num_id_tokens}, "
+                f"n_instr={self.num_instruction_tokens}, layer_specific={self.layer_specific}")
+
+
+def _torch_dtype(name: Any) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
+
+
+class TwoTower(nn.Module):
+    """Two towers over one frozen LLM: user = hybrid prompt, item = item text (+ soft prompts).
+
+    ``score(u, i) = <pool(h_L^user), pool(h_L^item)>``, the dot product of the pooled final
+    hidden states. With ``alignment=None`` (zero-shot ID Direct / ID Translation) the towers are
+    the plain LLM.
+
+    Args:
+        backbone: a :class:`rarec_lite.llm.Backbone` (frozen ``model``, ``tokenizer``, ``info``).
+        alignment: an :class:`RAAlignment`, or ``None``.
+        pooling: ``"last"`` (last non-pad token: causal LMs) or ``"mean"`` (encoders); default
+            by ``info.is_causal``.
+
+    Only ``alignment`` is a registered sub-module: ``tower.parameters()`` and
+    ``tower.state_dict()`` hold the trainable part only; the backbone is a plain attribute.
+
+    Raises:
+        ValueError: unknown pooling; the alignment was built for another layer count or width.
+
+    Source: RA-Rec (Yu et al. 2024), Sec. 3 (two-tower scoring with the hybrid prompt).
+    """
+
+    def __init__(self, backbone: Any, alignment: RAAlignment | None = None, pooling: str | None = None):
+        super().__init__()
+        info = backbone.info
+        pooling = pooling or ("last" if info.is_causal else "mean")
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean'; got {pooling!r}")
+        if alignment is not None and (alignment.num_layers != info.num_layers or alignment.hidden_size != info.hidden_size):
+            raise ValueError(f"alignment is for L={alignment.num_layers}, H={alignment.hidden_size}; "
+                             f"backbone {info.name} has L={info.num_layers}, H={info.hidden_size}")
+        self.backbone = backbone
+        self.alignment = alignment
+        self.pooling = pooling
+        self.device = torch.device(info.device if info.device != "auto" else "cpu")
+        self.dtype = _torch_dtype(info.compute_dtype)
+
+    # -- tokenising ------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(input_ids (B, T), attention_mask (B, T))`` on the backbone's device."""
+        tok = self.backbone.tokenizer
+        if tok.pad_token is None:  # e.g. GPT-2 style vocabularies; the pad is masked out anyway
+            tok.pad_token = tok.eos_token
+        enc = tok(list(texts), padding=True, truncation=max_tokens is not None, max_length=max_tokens,
+                  return_tensors="pt", padding_side="right")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], tower: str, id_emb: torch.Tensor | None = None,
+               per_layer: bool = False, max_tokens: int | None = None, use_prefix: bool = True):
+        """Pooled states of ``texts`` through the tower (with its soft prompt when aligned).
+
+        Args:
+            texts: B prompts.
+            tower: ``"user"`` or ``"item"``.
+            id_emb: (B, d) ID embeddings for the soft prompt (see :meth:`RAAlignment.prefixes`).
+            per_layer: also return the pooled output of every layer.
+            max_tokens: truncate prompts to this many tokens.
+            use_prefix: False = text only (no soft prompt), whatever the alignment.
+
+        Returns:
+            ``final`` (B, H) float32, or ``(final, [layer_1, ..., layer_L])`` with each
+            (B, H) when ``per_layer`` (the output of layer l; ``layer_L`` is the last layer's
+            output as the backbone returns it, which may differ from ``final`` by a final norm).
+        """
+        from rarec_lite.prefix import forward_with_prefix, pool
+
+        if len(texts) == 0:
+            raise ValueError("encode: no texts")
+        input_ids, mask = self.tokenize(texts, max_tokens)
+        prefixes = None
+        if use_prefix and self.alignment is not None:
+            prefixes = [p.to(self.device, self.dtype) for p in self.alignment.prefixes(tower, id_emb, len(texts))]
+        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes)
+        final = pool(hidden[-1], mask, how=self.pooling).float()
+        if not per_layer:
+            return final
+        return final, [pool(h, mask, how=self.pooling).float() for h in hidden[1:]]
+
+    def encode_users(self, prompts: Sequence[str], id_emb: torch.Tensor | None = None, per_layer: bool = False,
+                     max_tokens: int | None = None):
+        """User tower: hybrid prompts (B texts) + user ID embeddings (B, d) -> (B, H) [+ per layer]."""
+        return self.encode(prompts, "user", id_emb, per_layer, max_tokens)
+
+    def encode_items(self, prompts: Sequence[str], id_emb: torch.Tensor | None = None, per_layer: bool = False,
+                     max_tokens: int | None = None):
+        """Item tower: item prompts (B texts) + item ID embeddings (B, d) -> (B, H) [+ per layer]."""
+        return self.encode(prompts, "item", id_emb, per_layer, max_tokens)
+
+    @torch.no_grad()
+    def encode_batched(self, texts: Sequence[str], tower: str, id_emb: torch.Tensor | None = None,
+                       batch_size: int = 64, max_tokens: int | None = None, per_layer: bool = False,
+                       use_prefix: bool = True, progress: bool | None = None, layer_dtype=torch.float16):
+        """Encode a long list (e.g. the 23,033-item catalogue) in batches, without gradients.
+
+        Texts are sorted by length so each batch pads little, then put back in order. A tqdm
+        bar is shown when ``progress`` (default: more than 4 batches).
+
+        Returns:
+            ``final`` (N, H) float32, or ``(final, layers (N, L, H) in layer_dtype)`` when
+            ``per_layer`` (float16 by default: 23,033 items x 8 layers x 576 = 0.2 GB).
+        """
+        from tqdm.auto import tqdm
+
+        n = len(texts)
+        if id_emb is not None and id_emb.shape[0] != n:
+            raise ValueError(f"id_emb has {id_emb.shape[0]} rows for {n} texts")
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        finals, layers = [None] * n, [None] * n
+        starts = range(0, n, batch_size)
+        show = progress if progress is not None else len(starts) > 4
+        for s in tqdm(starts, desc=f"encode {tower}s", disable=not show, unit="batch"):
+            idx = order[s:s + batch_size]
+            emb = id_emb[idx] if id_emb is not None else None
+            out = self.encode([texts[i] for i in idx], tower, emb, per_layer, max_tokens, use_prefix)
+            f, ls = (out if per_layer else (out, None))
+            for k, i in enumerate(idx):
+                finals[i] = f[k].cpu()
+                if per_layer:
+                    layers[i] = torch.stack([x[k] for x in ls]).to("cpu", layer_dtype)
+        final = torch.stack(finals) if n else torch.empty(0, self.backbone.info.hidden_size)
+        if not per_layer:
+            return final
+        return final, torch.stack(layers)
+
+    def encode_text_only(self, texts: Sequence[str], tower: str = "item", per_layer: bool = True,
+                         batch_size: int = 64, max_tokens: int | None = None, progress: bool | None = None):
+        """Text-only (no soft prompt) pooled states: ``(final (N, H), layers (N, L, H))``.
+
+        This is InfoNCE's target side; it does not depend on trained weights, so compute it
+        once per prompt set and cache it (:class:`rarec_lite.train.TextCache`).
+        """
+        return self.encode_batched(texts, tower, None, batch_size, max_tokens, per_layer, use_prefix=False,
+                                   progress=progress)
+
+    @staticmethod
+    def score(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """Dot-product scores: (U, H) x (I, H) -> (U, I)."""
+        return user_vecs @ item_vecs.T
+
+
+@torch.no_grad()
+def hidden_state_rms(backbone: Any, texts: Sequence[str], max_tokens: int = 64) -> list[float]:
+    """Per-layer RMS of real hidden states at each layer's **input**, over non-pad tokens.
+
+    Returns L floats (layer 1's input = the embeddings, ..., layer L's input = layer L-1's
+    output): pass them as ``RAAlignment(init_scale=...)`` so prefix vectors start at the scale
+    of the hidden states they stand in for.
+    """
+    tower = TwoTower(backbone, None)
+    from rarec_lite.prefix import forward_with_prefix
+
+    input_ids, mask = tower.tokenize(texts, max_tokens)
+    hidden = forward_with_prefix(backbone, input_ids, mask, None)
+    m = mask.bool()
+    return [float(h[m].float().pow(2).mean().sqrt()) for h in hidden[:-1]]

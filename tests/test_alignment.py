@@ -1,0 +1,142 @@
+"""RA-Rec alignment module and two towers on tiny random backbones."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rarec_lite.alignment import RAAlignment, TwoTower, hidden_state_rms
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    """Tiny random LLaMA / GPT-2 / BERT, built once for this module in its own RAREC_HOME."""
+    from rarec_lite.llm import load_backbone
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is much faster on a shared 2-core box
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAREC_HOME", str(tmp_path_factory.mktemp("tiny_home")))
+        yield {name: load_backbone(name, quantization=None) for name in ("tiny-llama", "tiny-gpt2", "tiny-bert")}
+    torch.set_num_threads(threads)
+
+
+INFO = SimpleNamespace(num_layers=3, hidden_size=8)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"layer_specific": False},
+    {"use_instruction": False},
+    {"use_id": False},
+    {"num_id_tokens": 3, "num_instruction_tokens": 2},
+])
+def test_num_trainable_matches_closed_form(kw):
+    args = {"num_id_tokens": 1, "num_instruction_tokens": 4, **kw}
+    al = RAAlignment(INFO, id_dim=5, **args)
+    assert al.num_trainable() == RAAlignment.expected_num_params(3, 8, 5, **args)
+
+
+def test_closed_form_hand_values():
+    # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, layer_specific=False) == 2 * (96 + 48)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_id=False) == 2 * 96
+    # SmolLM2 first 8 layers, H=576, SASRec d=64 (the docstring's example)
+    assert RAAlignment.expected_num_params(8, 576, 64, 1, 4) == 635_904
+
+
+def test_prefixes_instruction_first_then_reparameterized_id():
+    al = RAAlignment(INFO, id_dim=5, num_id_tokens=2, num_instruction_tokens=3)
+    e = torch.randn(4, 5)
+    pre = al.prefixes("item", e)
+    assert len(pre) == 3 and all(p.shape == (4, 5, 8) for p in pre)
+    for layer, p in enumerate(pre):
+        assert torch.equal(p[:, :3], al.instruction["item"][layer].expand(4, 3, 8))
+        lin = al.reparam["item"][layer]
+        expected = (e @ lin.weight.T + lin.bias).view(4, 2, 8)  # independent of nn.Linear's call
+        torch.testing.assert_close(p[:, 3:], expected)
+    # towers are separate parameters
+    assert not torch.equal(al.prefixes("user", e)[0], pre[0])
+
+
+def test_variants_and_errors():
+    e = torch.randn(2, 5)
+    shared = RAAlignment(INFO, id_dim=5, num_instruction_tokens=0, use_instruction=False, layer_specific=False)
+    pre = shared.prefixes("user", e)
+    assert all(torch.equal(p, pre[0]) for p in pre)  # one projector for every layer
+    no_id = RAAlignment(INFO, id_dim=5, use_id=False)
+    assert no_id.prefixes("user", None, batch_size=2)[0].shape == (2, 4, 8)
+    assert torch.equal(no_id.prefixes("user", e)[1], no_id.prefixes("user", None, batch_size=2)[1])  # ids ignored
+    with pytest.raises(ValueError, match="nothing to train"):
+        RAAlignment(INFO, 5, use_id=False, use_instruction=False)
+    with pytest.raises(ValueError, match="id_emb"):
+        RAAlignment(INFO, 5).prefixes("user", None)
+    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+        RAAlignment(INFO, 5).prefixes("user", torch.randn(2, 4))
+    with pytest.raises(ValueError, match="tower"):
+        RAAlignment(INFO, 5).prefixes("shop", e)
+    with pytest.raises(ValueError, match="init_scale"):
+        RAAlignment(INFO, 5, init_scale=[1.0, 2.0])
+
+
+def test_init_scale_sets_prefix_rms():
+    al = RAAlignment(SimpleNamespace(num_layers=2, hidden_size=256), id_dim=64, num_instruction_tokens=8,
+                     init_scale=[0.5, 3.0])
+    e = torch.randn(64, 64)
+    for layer, target in enumerate([0.5, 3.0]):
+        p = al.prefixes("user", e)[layer]
+        assert p[:, :8].pow(2).mean().sqrt().item() == pytest.approx(target, rel=0.15)
+        assert p[:, 8:].pow(2).mean().sqrt().item() == pytest.approx(target, rel=0.15)
+
+
+def test_text_only_encoding_is_the_plain_model(backbones):
+    bb = backbones["tiny-llama"]
+    tower = TwoTower(bb, None)
+    texts = ["a red shoe", "gold", "a long text about hats and belts"]
+    final, layers = tower.encode_text_only(texts, per_layer=True, batch_size=2)
+    assert final.shape == (3, 64) and layers.shape == (3, 2, 64)
+    # independent: the plain Hugging Face model, last real token of each text
+    for k, text in enumerate(texts):
+        ids = bb.tokenizer(text, return_tensors="pt")["input_ids"]
+        out = bb.model(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(final[k], out.hidden_states[-1][0, -1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layers[k, 0].float(), out.hidden_states[1][0, -1], atol=2e-3, rtol=2e-3)
+    # batched encoding puts rows back in input order
+    torch.testing.assert_close(tower.encode(texts, "item"), final, atol=1e-4, rtol=1e-4)
+    assert TwoTower.score(final[:2], final).shape == (2, 3)
+    torch.testing.assert_close(TwoTower.score(final[:2], final)[1, 2], final[1] @ final[2])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_soft_prompt_changes_output_and_only_alignment_gets_gradients(backbones, name):
+    bb = backbones[name]
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2)
+    tower = TwoTower(bb, al)
+    assert tower.pooling == ("last" if bb.info.is_causal else "mean")
+    assert sum(p.numel() for p in tower.parameters()) == al.num_trainable()  # backbone not registered
+    texts, e = ["red shoe", "blue hat!"], torch.randn(2, 6)
+    final, layers = tower.encode_users(texts, e, per_layer=True)
+    assert final.shape == (2, 64) and len(layers) == bb.info.num_layers
+    plain = tower.encode(texts, "user", use_prefix=False)
+    assert (final - plain).abs().max() > 1e-3  # the soft prompt is read by the model
+    (final.sum() + sum(x.sum() for x in layers)).backward()
+    assert all(p.grad is None for p in bb.model.parameters())
+    for name, p in al.named_parameters():  # the user tower's parameters learn, the item tower's are untouched
+        assert (p.grad is not None and p.grad.abs().sum() > 0) == name.split(".")[1].startswith("user"), name
+
+
+def test_hidden_state_rms_of_embeddings(backbones):
+    bb = backbones["tiny-llama"]
+    rms = hidden_state_rms(bb, ["abc", "hello"])
+    assert len(rms) == bb.info.num_layers
+    ids = bb.tokenizer(["abc", "hello"], padding=True, return_tensors="pt")
+    emb = bb.model.get_input_embeddings()(ids["input_ids"])[ids["attention_mask"].bool()]
+    assert rms[0] == pytest.approx(emb.pow(2).mean().sqrt().item(), rel=1e-4)
+
+
+def test_alignment_for_another_backbone_is_rejected(backbones):
+    with pytest.raises(ValueError, match="alignment is for"):
+        TwoTower(backbones["tiny-llama"], RAAlignment(INFO, 5))
