@@ -50,7 +50,11 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    raise NotImplementedError("rarec-lite pipeline: see rarec_lite.pipeline")
+    from rarec_lite.pipeline import run_pipeline
+
+    result = run_pipeline(args.config, out=args.out)
+    print(f"metrics: {args.out}/results/{result['config']}/metrics.json")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,618 @@
+"""The end-to-end comparison behind ``rarec-lite pipeline --config NAME``.
+
+One split, one yardstick, every paradigm:
+
+1. **data**: the leave-one-out dataset (:mod:`rarec_lite.data`);
+2. **SASRec**: the frozen ID encoder, trained once (:mod:`rarec_lite.sasrec`);
+3. **evaluation users**: a fixed, seeded sample of test users, each ranked against the whole
+   catalogue with their own history masked out (full ranking, :mod:`rarec_lite.metrics`);
+4. **methods**: MostPop and SASRec; ID Direct and ID Translation zero-shot (the frozen LLM as
+   two towers, no training); the same with a prefix-tuning budget but no IDs (``*_prefix``, the
+   paper's "without ID representation" ablation); RA-Rec; RA-Rec ablations;
+5. **report**: ``metrics.json`` (one entry per method), ``report.md`` (the table, paired
+   bootstrap CIs against SASRec, efficiency columns) and figures.
+
+Every stage writes its result atomically under ``OUT/results/<config name>/`` and is skipped
+when that result already exists, so an interrupted run resumes where it stopped (training
+resumes from its own checkpoint too). Delete a method's ``methods/<name>.json`` to rerun it.
+
+Source: RA-Rec (Yu et al. 2024, arXiv 2402.04527), Sec. 4 (experimental protocol: leave-one-out,
+full ranking, HR@K / NDCG@K), Table 3 (ablations).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import resource
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rarec_lite.files import atomic_write_json, atomic_write_text, read_json
+
+__all__ = ["METHODS", "Method", "load_config", "config_path", "run_pipeline", "format_report"]
+
+
+# ------------------------------------------------------------------------------------ configs
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"dataset": "cloth", "max_users": 0, "synthetic_fallback": False},
+    "sasrec": {"hidden": 64, "max_len": 50, "num_layers": 2, "num_heads": 1, "dropout": 0.2, "lr": 1e-3,
+               "epochs": 30, "patience": 3, "batch_size": 256, "loss": "ce"},
+    "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256},
+    "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
+            "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3},
+    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4},
+    "train": {"samples": 4000, "max_per_user": 3, "steps": 250, "batch_size": 16, "lr": 1e-3,
+              "lambda_infonce": 0.1, "temperature": 0.1, "denoise": True, "diversify": True,
+              "num_buckets": 4, "checkpoint_every": 50},
+    "methods": {"run": ["mostpop", "sasrec", "id_direct", "id_translation", "id_translation_prefix", "rarec"]},
+}
+TOP_LEVEL = {"name", "description", "seed"}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """Resolve ``cpu-quick`` to the packaged ``configs/cpu-quick.toml``, or accept a path.
+
+    Raises:
+        FileNotFoundError: neither a file nor a known config name (lists the known names).
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        return path
+    packaged = resources.files("rarec_lite") / "configs" / f"{name_or_path}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    known = sorted(p.name[:-5] for p in (resources.files("rarec_lite") / "configs").iterdir()
+                   if p.name.endswith(".toml"))
+    raise FileNotFoundError(f"no config named {name_or_path!r}; known: {', '.join(known)} (or pass a .toml path)")
+
+
+def load_config(name_or_path: str | Path | dict) -> dict:
+    """Read a pipeline config (TOML) and fill in the defaults.
+
+    Returns:
+        a dict with the sections of :data:`DEFAULTS` plus ``name``, ``description``, ``seed``.
+
+    Raises:
+        FileNotFoundError: see :func:`config_path`.
+        ValueError: malformed TOML (names the file and line), an unknown section or key
+            (names it, with the file), or an unknown method name.
+    """
+    if isinstance(name_or_path, dict):
+        raw, source = copy.deepcopy(name_or_path), "<dict>"
+    else:
+        path = config_path(name_or_path)
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: malformed TOML ({exc})") from exc
+        raw.setdefault("name", path.stem)
+    cfg: dict[str, Any] = {"name": raw.pop("name", "custom"), "description": raw.pop("description", ""),
+                           "seed": int(raw.pop("seed", 0))}
+    for section, defaults in DEFAULTS.items():
+        given = raw.pop(section, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"{source}: [{section}] must be a table")
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(defaults)})")
+        cfg[section] = {**defaults, **given}
+    if raw:
+        raise ValueError(f"{source}: unknown section(s) {', '.join(sorted(raw))} "
+                         f"(known: {', '.join(sorted(TOP_LEVEL | set(DEFAULTS)))})")
+    bad = [m for m in cfg["methods"]["run"] if m not in METHODS]
+    if bad:
+        raise ValueError(f"{source}: unknown method(s) {bad} in [methods] run (known: {', '.join(METHODS)})")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison.
+
+    Attributes:
+        name: key in ``metrics.json``.
+        label: what the report calls it.
+        kind: ``"baseline"`` (no LLM), ``"zero-shot"`` (frozen LLM, no training) or ``"trained"``.
+        prompts: ``"id_direct"``, ``"translation"`` or ``"hybrid"`` (user prompt; items get
+            ``Item <id>`` for ID Direct, else the item text prompt).
+        use_id: soft prompt from the SASRec embedding (RA-Rec's ID representation).
+        use_instruction: contextual-instruction prefix.
+        layer_specific: one reparameterization per layer.
+        infonce: train with the InfoNCE term (lambda > 0).
+        data_construction: denoise + diversify the training samples (as configured).
+    """
+
+    name: str
+    label: str
+    kind: str
+    prompts: str = "translation"
+    use_id: bool = False
+    use_instruction: bool = True
+    layer_specific: bool = True
+    infonce: bool = True
+    data_construction: bool = True
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("mostpop", "MostPop", "baseline"),
+    Method("sasrec", "SASRec (ID only)", "baseline"),
+    Method("id_direct", "ID Direct, zero-shot", "zero-shot", "id_direct"),
+    Method("id_direct_prefix", "ID Direct + prefix tuning (no IDs)", "trained", "id_direct"),
+    Method("id_translation", "ID Translation, zero-shot", "zero-shot", "translation"),
+    Method("id_translation_prefix", "ID Translation + prefix tuning (no IDs)", "trained", "translation"),
+    Method("rarec", "RA-Rec", "trained", "hybrid", use_id=True),
+    Method("rarec_no_instruction", "RA-Rec w/o contextual instruction", "trained", "hybrid", use_id=True,
+           use_instruction=False),
+    Method("rarec_shared_projector", "RA-Rec, one shared projector", "trained", "hybrid", use_id=True,
+           layer_specific=False),
+    Method("rarec_no_infonce", "RA-Rec w/o InfoNCE", "trained", "hybrid", use_id=True, infonce=False),
+    Method("rarec_no_data_construction", "RA-Rec w/o denoising/diversity", "trained", "hybrid", use_id=True,
+           data_construction=False),
+]}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _log(msg: str) -> None:
+    print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------ the run
+class _Run:
+    """State shared by the stages of one pipeline run (kept in one place for readability)."""
+
+    def __init__(self, cfg: dict, out_dir: Path, progress: bool):
+        self.cfg, self.out, self.progress = cfg, out_dir, progress
+        self.seed = cfg["seed"]
+        self._backbone = None
+        self._item_text_states = None
+
+    # -- stage 1: data --------------------------------------------------------------------
+    def load_data(self) -> None:
+        from rarec_lite.data import load_dataset, synthetic_dataset
+
+        d = self.cfg["data"]
+        max_users = d["max_users"] or None
+        try:
+            self.dataset = load_dataset(d["dataset"], max_users=max_users, seed=self.seed)
+        except FileNotFoundError as exc:
+            if not d["synthetic_fallback"]:
+                raise
+            _log(f"no raw data ({exc}); using the synthetic toy dataset (synthetic_fallback = true)")
+            self.dataset = synthetic_dataset(num_users=max_users or 300, num_items=150, seed=self.seed)
+        self.split = self.dataset.split()
+        ds = self.dataset
+        _log(f"data: {ds.name}: {ds.num_users:,} users, {ds.num_items:,} items, "
+             f"{sum(len(s) for s in ds.sequences):,} interactions")
+
+        # the evaluation users: a fixed sample of test users (all of them when fewer)
+        n_eval = min(int(self.cfg["eval"]["num_users"]) or ds.num_users, ds.num_users)
+        rng = np.random.default_rng(self.seed)
+        self.eval_users = np.sort(rng.choice(ds.num_users, size=n_eval, replace=False))
+        self.eval_histories = [np.asarray(self.split.test_history[u]) for u in self.eval_users]
+        self.eval_targets = np.asarray([self.split.test_target[u] for u in self.eval_users])
+
+    # -- stage 2: SASRec ------------------------------------------------------------------
+    def load_sasrec(self) -> None:
+        from rarec_lite.sasrec import load_sasrec, train_sasrec
+
+        run_dir = self.out / "sasrec"
+        if (run_dir / "metrics.json").exists():
+            _log(f"SASRec: reusing {run_dir}")
+            self.sasrec = load_sasrec(run_dir)
+            self.sasrec_metrics = read_json(run_dir / "metrics.json")
+        else:
+            _log("SASRec: training")
+            run = train_sasrec(self.dataset, run_dir, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
+            self.sasrec, self.sasrec_metrics = run.model, run.metrics
+        self.sasrec.eval()
+
+    def user_id_embeddings(self, histories: list) -> torch.Tensor:
+        """Frozen SASRec encodings of histories: (B, d)."""
+        from rarec_lite.sasrec import pad_histories
+
+        with torch.no_grad():
+            return self.sasrec.encode(pad_histories(histories, self.sasrec.max_len, trim=True)).float()
+
+    # -- the LLM --------------------------------------------------------------------------
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            from rarec_lite.llm import load_backbone
+
+            llm = self.cfg["llm"]
+            quant = None if str(llm["quantization"]).lower() in ("none", "", "fp32") else llm["quantization"]
+            _log(f"LLM: loading {llm['name']} (quantization={quant}, max_layers={llm['max_layers'] or 'all'})")
+            self._backbone = load_backbone(llm["name"], quantization=quant, max_layers=llm["max_layers"] or None,
+                                           seed=self.seed)
+            info = self._backbone.info
+            _log(f"LLM: {info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}, "
+                 f"{info.weight_bytes / 2**20:.0f} MiB of weights, {info.load_seconds:.0f} s")
+        return self._backbone
+
+    # -- prompts --------------------------------------------------------------------------
+    def user_prompt(self, kind: str, user: int, history, budget: int | None = None):
+        from rarec_lite import prompts
+
+        tok = self.backbone.tokenizer
+        texts = [self.dataset.item_text[i] for i in history]
+        if kind == "id_direct":
+            return prompts.id_direct_user(int(user), history, tok, budget)
+        if kind == "translation":
+            return prompts.id_translation_user(texts, tok, budget)
+        if kind == "hybrid":
+            return prompts.hybrid_user(texts, tok, int(self.cfg["llm"]["history_items"]), budget)
+        raise ValueError(f"unknown prompt kind {kind!r}")
+
+    def item_prompts(self, kind: str) -> list[str]:
+        from rarec_lite import prompts
+
+        if kind == "id_direct":
+            return [prompts.id_direct_item(i).text for i in range(self.dataset.num_items)]
+        return [prompts.item_text_prompt(t).text for t in self.dataset.item_text]
+
+    # -- training samples -------------------------------------------------------------------
+    def samples(self, data_construction: bool):
+        """Training samples (train part only), denoised + diversified when asked; with a report."""
+        from rarec_lite.sampling import denoise, diversify, make_samples
+
+        t = self.cfg["train"]
+        samples = make_samples(self.split, max_per_user=int(t["max_per_user"]), seed=self.seed,
+                               max_history=int(self.cfg["sasrec"]["max_len"]))
+        report: dict[str, Any] = {"candidates": len(samples)}
+        if data_construction and t["denoise"]:
+            samples, rep = denoise(samples, self.dataset.item_text)
+            report["denoise"] = {k: v for k, v in rep.items() if isinstance(v, (int, float))}
+        n = min(int(t["samples"]), len(samples))
+        if data_construction and t["diversify"]:
+            samples, rep = diversify(samples, n, self.dataset.item_popularity(), int(t["num_buckets"]), self.seed)
+            report["diversify"] = {"chosen": len(samples), "cells_before": rep.get("cells_before"),
+                                   "cells_after": rep.get("cells_after")}
+        else:
+            rng = np.random.default_rng(self.seed)
+            keep = np.sort(rng.choice(len(samples), size=n, replace=False))
+            samples = [samples[k] for k in keep]
+        report["used"] = len(samples)
+        return samples, report
+
+    # -- shared encodings -------------------------------------------------------------------
+    def item_text_states(self):
+        """Text-only item tower over the whole catalogue, every layer: ``(final (I,H), layers (I,L,H))``.
+
+        Serves ID Translation zero-shot (``final``) and InfoNCE's item side (``layers``), so the
+        most expensive LLM pass of the run happens once; cached on disk.
+        """
+        if self._item_text_states is None:
+            from rarec_lite.alignment import TwoTower
+            from rarec_lite.files import load_checkpoint, save_checkpoint
+
+            path = self.out / "cache" / "item_text_states.safetensors"
+            if path.exists():
+                tensors, _ = load_checkpoint(path)
+                self._item_text_states = (tensors["final"], tensors["layers"])
+            else:
+                llm = self.cfg["llm"]
+                _log(f"encoding {self.dataset.num_items:,} item texts (text only, every layer)")
+                tower = TwoTower(self.backbone, None)
+                final, layers = tower.encode_text_only(self.item_prompts("translation"), "item", True,
+                                                       int(llm["batch_size"]), int(llm["item_max_tokens"]),
+                                                       self.progress)
+                save_checkpoint(path, {"final": final, "layers": layers}, {"kind": "item_text_states"})
+                self._item_text_states = (final, layers)
+        return self._item_text_states
+
+    def text_cache(self, samples, key: str):
+        """InfoNCE's text-only side for ``samples``: user = ID Translation prompt of the history."""
+        from rarec_lite.alignment import TwoTower
+        from rarec_lite.train import TextCache
+
+        path = self.out / "cache" / f"text_cache_{key}.safetensors"
+        if path.exists():
+            return TextCache.load(path)
+        llm = self.cfg["llm"]
+        _log(f"encoding {len(samples):,} text-only user prompts for InfoNCE")
+        texts = [self.user_prompt("translation", s.user, s.history, int(llm["user_max_tokens"])).text
+                 for s in samples]
+        tower = TwoTower(self.backbone, None)
+        _, user_layers = tower.encode_text_only(texts, "user", True, int(llm["batch_size"]),
+                                                int(llm["user_max_tokens"]), self.progress)
+        item_ids = sorted({s.target for s in samples})
+        item_layers = self.item_text_states()[1][item_ids]
+        cache = TextCache(user_layers, item_layers, torch.as_tensor(item_ids, dtype=torch.int64))
+        cache.save(path)
+        return cache
+
+    # -- scoring --------------------------------------------------------------------------
+    def rank(self, scores: torch.Tensor) -> np.ndarray:
+        """Full-ranking 0-based ranks of the evaluation users' targets, history masked."""
+        from rarec_lite.metrics import full_ranking_ranks
+
+        return full_ranking_ranks(scores, self.eval_targets, self.eval_histories)
+
+    def run_method(self, method: Method) -> dict:
+        """Scores of the evaluation users under ``method``: ranks + efficiency facts."""
+        t0 = time.time()
+        if method.name == "mostpop":
+            from rarec_lite.baselines import MostPop
+
+            model = MostPop().fit(self.split.train, self.dataset.num_items)
+            ranks = self.rank(model.score(self.eval_histories))
+            return {"ranks": ranks, "prompt_tokens": 0, "trainable_params": 0, "train_samples": 0,
+                    "train_seconds": 0.0, "eval_seconds": time.time() - t0}
+        if method.name == "sasrec":
+            users = self.user_id_embeddings(self.eval_histories)
+            ranks = self.rank(users @ self.sasrec.item_embeddings().detach().float().T)
+            n_params = sum(p.numel() for p in self.sasrec.parameters())
+            return {"ranks": ranks, "prompt_tokens": 0, "trainable_params": n_params,
+                    "train_samples": sum(max(len(s) - 1, 0) for s in self.split.train),
+                    "train_seconds": float(self.sasrec_metrics.get("train_seconds", 0.0)),
+                    "eval_seconds": time.time() - t0}
+        return self.run_llm_method(method, t0)
+
+    def run_llm_method(self, method: Method, t0: float) -> dict:
+        from rarec_lite.alignment import RAAlignment, TwoTower
+
+        llm, t, a = self.cfg["llm"], self.cfg["train"], self.cfg["alignment"]
+        budget = int(llm["user_max_tokens"])
+        eval_prompts = [self.user_prompt(method.prompts, u, h, budget)
+                        for u, h in zip(self.eval_users, self.eval_histories)]
+        facts: dict[str, Any] = {
+            "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
+            "prompt_tokens_needed": float(np.mean([p.tokens_needed for p in eval_prompts])),
+            "truncated_share": float(np.mean([p.truncated for p in eval_prompts])),
+        }
+        train_result = None
+        if method.kind == "zero-shot":
+            tower = TwoTower(self.backbone, None)
+            facts.update(trainable_params=0, train_samples=0, train_seconds=0.0, soft_prompt_tokens=0)
+        else:
+            from rarec_lite.train import TrainConfig, train_alignment
+
+            info = self.backbone.info
+            alignment = RAAlignment(info, id_dim=int(self.cfg["sasrec"]["hidden"]),
+                                    num_id_tokens=int(a["num_id_tokens"]),
+                                    num_instruction_tokens=int(a["num_instruction_tokens"]),
+                                    layer_specific=method.layer_specific, use_instruction=method.use_instruction,
+                                    use_id=method.use_id, seed=self.seed)
+            tower = TwoTower(self.backbone, alignment)
+            samples, sample_report = self.samples(method.data_construction)
+            lam = float(t["lambda_infonce"]) if method.infonce else 0.0
+            key = "constructed" if method.data_construction else "plain"
+            cache = self.text_cache(samples, key) if lam > 0 else None
+            train_prompts = [self.user_prompt(method.prompts, s.user, s.history, budget).text for s in samples]
+            item_id_emb = self.sasrec.item_embeddings().detach().float() if method.use_id else None
+            user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
+                if method.use_id else None
+            tcfg = TrainConfig(steps=int(t["steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
+                               lam=lam, temperature=float(t["temperature"]), seed=self.seed,
+                               max_user_tokens=budget, max_item_tokens=int(llm["item_max_tokens"]),
+                               checkpoint_every=int(t["checkpoint_every"]))
+            _log(f"{method.name}: training {alignment.num_trainable():,} parameters on {len(samples):,} samples "
+                 f"({tcfg.steps} steps of {tcfg.batch_size})")
+            train_result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts),
+                                           user_fn, item_id_emb, cache, tcfg, self.out / "train" / method.name,
+                                           progress=self.progress)
+            alignment.eval()
+            facts.update(trainable_params=alignment.num_trainable(),
+                         trainable_share=alignment.num_trainable() / max(info.num_parameters, 1),
+                         train_samples=len(samples), train_seconds=train_result.seconds,
+                         soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
+                         losses={"bpr": train_result.bpr, "infonce": train_result.infonce,
+                                 "total": train_result.total})
+
+        # item tower over the whole catalogue
+        if method.kind == "zero-shot" and method.prompts != "id_direct":
+            items = self.item_text_states()[0]
+        else:
+            item_emb = self.sasrec.item_embeddings().detach().float() if method.use_id else None
+            _log(f"{method.name}: encoding {self.dataset.num_items:,} items")
+            items = tower.encode_batched(self.item_prompts(method.prompts), "item", item_emb,
+                                         int(llm["batch_size"]), int(llm["item_max_tokens"]),
+                                         progress=self.progress)
+        # user tower over the evaluation users
+        user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
+        users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
+                                     budget, progress=self.progress)
+        facts["ranks"] = self.rank(TwoTower.score(users, items))
+        facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
+        return facts
+
+
+def _metrics_entry(method: Method, facts: dict, ks) -> dict:
+    from rarec_lite.metrics import metrics_from_ranks
+
+    ranks = np.asarray(facts["ranks"])
+    entry = {"label": method.label, "kind": method.kind, "protocol": "full-ranking", "users": int(len(ranks))}
+    entry.update(metrics_from_ranks(ranks, ks))
+    entry.update({k: v for k, v in facts.items() if k not in ("ranks", "losses")})
+    return entry
+
+
+def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".", progress: bool = True) -> dict:
+    """Run (or resume) every stage of a config; return the ``metrics.json`` content.
+
+    Args:
+        config: a config name (``ci-tiny``, ``cpu-quick``, ``gpu-t4``), a ``.toml`` path, or a dict.
+        out: results go to ``out/results/<config name>/``.
+        progress: tqdm bars.
+
+    Writes (atomically) ``metrics.json``, ``report.md``, ``ranks.npz`` (per-user ranks of every
+    method, for paired tests), ``figures/*.png``, ``methods/<name>.json`` (one per finished
+    method: what makes the run resumable) and ``config.json`` (the resolved config).
+
+    Raises:
+        FileNotFoundError: no such config, or no raw data (with how to get it).
+        ValueError: a malformed config (names the file and key).
+    """
+    cfg = load_config(config)
+    out_dir = Path(out) / "results" / cfg["name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = json.dumps(cfg, sort_keys=True)
+    previous = out_dir / "config.json"
+    if previous.exists() and json.dumps(read_json(previous), sort_keys=True) != resolved:
+        raise ValueError(f"{out_dir} holds results of a different configuration ({previous}); "
+                         f"use another --out or delete that directory")
+    atomic_write_json(previous, cfg)
+    torch.manual_seed(cfg["seed"])
+    started = time.time()
+    _log(f"config {cfg['name']}: {cfg['description']} -> {out_dir}")
+
+    run = _Run(cfg, out_dir, progress)
+    run.load_data()
+    run.load_sasrec()
+    ks = [int(k) for k in cfg["eval"]["ks"]]
+    entries: dict[str, dict] = {}
+    ranks: dict[str, np.ndarray] = {}
+    losses: dict[str, dict] = {}
+    for name in cfg["methods"]["run"]:
+        method = METHODS[name]
+        done = out_dir / "methods" / f"{name}.json"
+        if done.exists():
+            saved = read_json(done)
+            _log(f"{name}: reusing {done}")
+        else:
+            _log(f"{name}: {method.label}")
+            facts = run.run_method(method)
+            saved = {"entry": _metrics_entry(method, facts, ks), "ranks": np.asarray(facts["ranks"]).tolist(),
+                     "losses": facts.get("losses")}
+            atomic_write_json(done, saved)
+            e = saved["entry"]
+            _log(f"{name}: HR@10 {e['HR@10']:.4f}  HR@100 {e.get('HR@100', float('nan')):.4f}  "
+                 f"NDCG@10 {e['NDCG@10']:.4f}")
+        entries[name], ranks[name] = saved["entry"], np.asarray(saved["ranks"])
+        if saved.get("losses"):
+            losses[name] = saved["losses"]
+
+    _add_confidence_intervals(entries, ranks, cfg)
+    result = {
+        "config": cfg["name"], "description": cfg["description"], "protocol": "full-ranking, leave-one-out",
+        "dataset": {"name": run.dataset.name, "users": run.dataset.num_users, "items": run.dataset.num_items,
+                    "eval_users": int(len(run.eval_users))},
+        "backbone": _backbone_facts(run), "methods": entries,
+        "wall_seconds_this_call": time.time() - started, "peak_rss_mib": _peak_rss_mb(),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+    }
+    atomic_write_json(out_dir / "metrics.json", result)
+    with_ranks = out_dir / "ranks.npz"
+    np.savez_compressed(with_ranks.with_suffix(".tmp.npz"), users=run.eval_users, **ranks)
+    with_ranks.with_suffix(".tmp.npz").replace(with_ranks)
+    figures = _figures(out_dir / "figures", entries, losses)
+    atomic_write_text(out_dir / "report.md", format_report(result, figures))
+    _log(f"done in {time.time() - started:.0f} s; report: {out_dir / 'report.md'}")
+    return result
+
+
+def _backbone_facts(run: _Run) -> dict | None:
+    if run._backbone is None:
+        return None
+    info = run._backbone.info
+    return {"name": info.name, "architecture": info.architecture, "layers": info.num_layers,
+            "layers_total": getattr(info, "num_layers_total", info.num_layers), "hidden": info.hidden_size,
+            "quantization": info.quantization, "weight_mib": info.weight_bytes / 2**20,
+            "parameters": info.num_parameters, "device": info.device}
+
+
+def _add_confidence_intervals(entries: dict, ranks: dict, cfg: dict) -> None:
+    """95% bootstrap CIs of NDCG@10 and HR@100 per method (``ci95_<metric>``), and the paired
+    bootstrap CI and sign-flip p-value of each method minus SASRec (``vs_sasrec_<metric>``)."""
+    from rarec_lite.metrics import paired_bootstrap, per_user_metric
+
+    n_boot, seed = int(cfg["eval"]["bootstrap_resamples"]), cfg["seed"]
+    for name, r in ranks.items():
+        for metric in ("NDCG@10", "HR@100"):
+            if metric not in entries[name]:
+                continue
+            values = per_user_metric(r, metric)
+            # the CI of mean(a - 0) is the bootstrap CI of mean(a)
+            own = paired_bootstrap(values, np.zeros_like(values), num_resamples=n_boot, seed=seed)
+            entries[name][f"ci95_{metric}"] = [own.ci_low, own.ci_high]
+            if name == "sasrec" or "sasrec" not in ranks:
+                continue
+            cmp = paired_bootstrap(per_user_metric(r, metric), per_user_metric(ranks["sasrec"], metric),
+                                   num_resamples=n_boot, seed=seed)
+            entries[name][f"vs_sasrec_{metric}"] = {"diff": cmp.mean_diff, "ci_low": cmp.ci_low,
+                                                    "ci_high": cmp.ci_high, "p_value": cmp.p_value}
+
+
+def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
+    """Metric bars with 95% bootstrap CIs, and the training curves. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from rarec_lite import plots
+
+    written = []
+    table = {e["label"]: {m: (e[m], *e[f"ci95_{m}"]) for m in ("NDCG@10", "HR@100") if f"ci95_{m}" in e}
+             for e in entries.values()}
+    ax = plots.metric_bars(table, metrics=("NDCG@10", "HR@100"))
+    plots.save(ax, fig_dir / "metrics.png")
+    plt.close(ax.figure)
+    written.append("figures/metrics.png")
+    if losses:
+        fig, axes = plt.subplots(1, len(losses), figsize=(4.5 * len(losses), 3.5), squeeze=False)
+        for ax, (name, curve) in zip(axes[0], losses.items()):
+            curves = {"BPR": curve["bpr"]}
+            if any(v for v in curve["infonce"]):
+                curves["InfoNCE (mean over layers)"] = curve["infonce"]
+            plots.training_curves(curves, ax=ax, smooth=max(1, len(curve["bpr"]) // 25))
+            ax.set_title(METHODS[name].label, fontsize=9)
+        plots.save(axes[0][0], fig_dir / "training.png")
+        plt.close(fig)
+        written.append("figures/training.png")
+    return written
+
+
+def format_report(result: dict, figures: list[str] = ()) -> str:
+    """The Markdown report: the comparison table, efficiency, CIs against SASRec."""
+    ds, bb = result["dataset"], result.get("backbone") or {}
+    lines = [f"# Results: {result['config']}", "", result["description"], "",
+             f"Protocol: {result['protocol']}; {ds['eval_users']:,} test users ranked against all "
+             f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked.", ""]
+    if bb:
+        lines += [f"Backbone: {bb['name']} ({bb['architecture']}, {bb['layers']} of {bb['layers_total']} layers, "
+                  f"hidden {bb['hidden']}, {bb['quantization'] or 'fp32'}, {bb['weight_mib']:.0f} MiB of weights, "
+                  f"{bb['device']}).", ""]
+    cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
+    lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "
+                 "soft-prompt slots/layer | trainable params | train samples | train s |")
+    lines.append("|---|" + "---:|" * (len(cols) + 6))
+    for name, e in result["methods"].items():
+        row = [f"{e[c]:.4f}" if c in e else "–" for c in cols]
+        ci = e.get("vs_sasrec_NDCG@10")
+        ci_txt = (f"{ci['diff']:+.4f} [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}], p={ci['p_value']:.3g}"
+                  if ci else "–")
+        tokens = e.get("prompt_tokens", 0)
+        needed = e.get("prompt_tokens_needed")
+        tok_txt = f"{tokens:.0f}" + (f" (needs {needed:.0f})" if needed and needed > tokens + 0.5 else "")
+        lines.append(f"| {e['label']} | " + " | ".join(row) + f" | {ci_txt} | {tok_txt} | "
+                     f"{e.get('soft_prompt_tokens', 0)} | {e.get('trainable_params', 0):,} | "
+                     f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.0f} |")
+    lines += ["", f"Peak memory (process RSS): {result['peak_rss_mib']:.0f} MiB. "
+              f"Wall time of this call: {result['wall_seconds_this_call'] / 60:.1f} min "
+              f"(stages reused from an earlier call are not counted).", ""]
+    for fig in figures:
+        lines.append(f"![{fig}]({fig})")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,109 @@
+"""The end-to-end pipeline: config handling, a tiny full run, resume, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rarec_lite.metrics import metrics_from_ranks
+from rarec_lite.pipeline import METHODS, config_path, format_report, load_config, run_pipeline
+
+
+def tiny_config(**methods) -> dict:
+    return {
+        "name": "unit-tiny",
+        "description": "toy data, tiny random LLaMA",
+        "seed": 0,
+        "data": {"dataset": "toy", "max_users": 0},
+        "sasrec": {"hidden": 16, "max_len": 10, "num_layers": 1, "epochs": 2, "batch_size": 64},
+        "eval": {"num_users": 40, "bootstrap_resamples": 50},
+        "llm": {"name": "tiny-llama", "quantization": "none", "batch_size": 64, "user_max_tokens": 200,
+                "item_max_tokens": 40, "history_items": 2},
+        "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 2},
+        "train": {"samples": 24, "steps": 3, "batch_size": 8, "checkpoint_every": 2},
+        "methods": {"run": methods.get("run", ["mostpop", "sasrec", "id_direct", "id_translation", "rarec"])},
+    }
+
+
+def test_packaged_configs_load_and_name_known_methods():
+    for name in ("ci-tiny", "cpu-quick", "gpu-t4"):
+        cfg = load_config(name)
+        assert cfg["name"] == name
+        assert all(m in METHODS for m in cfg["methods"]["run"])
+        assert config_path(name).name == f"{name}.toml"
+    # the GPU config carries every ablation of the paper's Table 3
+    assert {"rarec_no_instruction", "rarec_shared_projector", "rarec_no_infonce",
+            "rarec_no_data_construction"} <= set(load_config("gpu-t4")["methods"]["run"])
+
+
+def test_config_errors_name_the_file_and_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[llm]\nnmae = "tiny-llama"\n')
+    with pytest.raises(ValueError, match=r"bad\.toml.*\[llm\].*nmae"):
+        load_config(bad)
+    bad.write_text('[methods]\nrun = ["rarec", "gpt5"]\n')
+    with pytest.raises(ValueError, match="gpt5"):
+        load_config(bad)
+    bad.write_text("[llm\n")
+    with pytest.raises(ValueError, match=r"bad\.toml: malformed TOML"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="ci-tiny"):
+        load_config("no-such-config")
+
+
+def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
+    cfg = tiny_config()
+    result = run_pipeline(cfg, out=tmp_path, progress=False)
+    out = tmp_path / "results" / "unit-tiny"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["methods"]) == {"mostpop", "sasrec", "id_direct", "id_translation", "rarec"}
+    ranks = np.load(out / "ranks.npz")
+    for name, entry in saved["methods"].items():
+        assert entry["users"] == 40 and entry["protocol"] == "full-ranking"
+        # the table's numbers are the metrics of the stored per-user ranks
+        recomputed = metrics_from_ranks(ranks[name], [10, 20, 50, 100])
+        for key, value in recomputed.items():
+            assert entry[key] == pytest.approx(value)
+        lo, hi = entry["ci95_NDCG@10"]
+        assert lo <= entry["NDCG@10"] <= hi
+    # only RA-Rec trains here, with the closed-form parameter count, and it uses soft prompts
+    rarec = saved["methods"]["rarec"]
+    assert rarec["trainable_params"] > 0 and rarec["soft_prompt_tokens"] == 3
+    assert saved["methods"]["id_translation"]["trainable_params"] == 0
+    assert "vs_sasrec_NDCG@10" in rarec and "vs_sasrec_NDCG@10" not in saved["methods"]["sasrec"]
+    report = (out / "report.md").read_text()
+    assert "| RA-Rec |" in report and "full-ranking" in report
+    assert (out / "figures" / "metrics.png").stat().st_size > 1000
+    assert (out / "figures" / "training.png").stat().st_size > 1000
+
+    # a second call reuses every finished stage and gives the same table
+    capsys.readouterr()
+    again = run_pipeline(cfg, out=tmp_path, progress=False)
+    log = capsys.readouterr().out
+    assert "SASRec: reusing" in log and "rarec: reusing" in log and "training" not in log
+    assert again["methods"] == result["methods"]
+
+
+def test_pipeline_refuses_to_mix_configs_in_one_directory(tmp_path):
+    cfg = tiny_config(run=["mostpop"])
+    run_pipeline(cfg, out=tmp_path, progress=False)
+    cfg["sasrec"]["hidden"] = 32
+    with pytest.raises(ValueError, match="different configuration"):
+        run_pipeline(cfg, out=tmp_path, progress=False)
+
+
+def test_report_marks_ci_and_truncation():
+    result = {
+        "config": "x", "description": "d", "protocol": "full-ranking, leave-one-out",
+        "dataset": {"users": 10, "items": 5, "eval_users": 10}, "backbone": None,
+        "methods": {"id_translation": {"label": "ID Translation, zero-shot", "HR@10": 0.5, "NDCG@10": 0.25,
+                                       "prompt_tokens": 64, "prompt_tokens_needed": 300.0,
+                                       "vs_sasrec_NDCG@10": {"diff": -0.1, "ci_low": -0.2, "ci_high": 0.0,
+                                                             "p_value": 0.04}}},
+        "peak_rss_mib": 100.0, "wall_seconds_this_call": 60.0,
+    }
+    text = format_report(result)
+    assert "64 (needs 300)" in text
+    assert "-0.1000 [-0.2000, +0.0000], p=0.04" in text
