@@ -182,9 +182,11 @@ def find_raw_cloth() -> Path | None:
 def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **overrides) -> CourseSettings:
     """The run size for quick or full mode, with a printed summary.
 
-    Quick mode: ``tiny-llama`` unquantized, 1,500 users, 2 SASRec epochs, 30 alignment steps,
-    300 evaluation users. Full mode: ``smollm2-135m`` in NF4, all users, 30 SASRec epochs,
-    2,000 alignment steps, all users evaluated. Any field can be overridden by keyword.
+    Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
+    steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors). Full mode: ``smollm2-135m`` in NF4, all 39,387 users,
+    up to 30 SASRec epochs (early stopping), 500 alignment steps of 32 pairs, and the LLM
+    paradigms scored on a fixed random sample of 2,000 test users (SASRec and MostPop on all; the
+    pipeline, ``rarec-lite pipeline``, scores every user). Any field can be overridden by keyword.
 
     Raises:
         TypeError: an override names no field of :class:`CourseSettings`.
@@ -192,9 +194,9 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     if hw is None:
         hw = detect_hardware(verbose=False)
     if quick:
-        base = CourseSettings(True, "cpu", None, "tiny-llama", 1500, 2, 30, 32, 300)
+        base = CourseSettings(True, "cpu", None, "tiny-llama", 300, 2, 12, 8, 100)
     else:
-        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 2000, 64, None)
+        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 500, 32, 2000)
     base = replace(base, raw_dir=find_raw_cloth())
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
@@ -202,6 +204,10 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
         if bad:
             raise TypeError(f"settings(): unknown field(s) {bad}; known: {sorted(names)}")
         base = replace(base, **overrides)
+    if quick:
+        import torch
+
+        torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight over shared CPUs)
     if verbose:
         mode = "QUICK mode (tiny random model, small slice, few steps)" if quick else "FULL mode"
         data = (f"real Clothing from {base.raw_dir}" if base.raw_dir else "synthetic toy data (real Clothing not found)")
@@ -226,8 +232,172 @@ def load_course_dataset(cfg: CourseSettings):
     from rarec_lite import data
 
     if cfg.raw_dir is not None:
-        kwargs = {"raw_dir": cfg.raw_dir}
-        if cfg.max_users is not None:
-            kwargs["max_users"] = cfg.max_users
-        return data.load_dataset("cloth", **kwargs)
-    return data.toy_dataset(seed=cfg.seed)
+        return data.load_dataset("cloth", raw_dir=cfg.raw_dir, max_users=cfg.max_users, seed=cfg.seed)
+    return data.load_dataset("toy", max_users=cfg.max_users, seed=cfg.seed)
+
+
+# ----------------------------------------------------------------------------- shared notebook steps
+def run_dir(cfg: CourseSettings, kind: str, dataset="cloth") -> Path:
+    """Where a notebook keeps a training run: ``$RAREC_HOME/runs/course-<kind>-<dataset>-<size>``.
+
+    Notebooks that need the same model (e.g. SASRec in 02, 06 and 08) share the directory, and
+    the trainers resume from its checkpoint, so the second notebook reuses the first one's run.
+    """
+    from rarec_lite import paths
+
+    size = "all" if cfg.max_users is None else f"u{cfg.max_users}"
+    name = dataset if isinstance(dataset, str) else dataset.name
+    return paths.runs_dir() / f"course-{kind}-{name}-{size}-seed{cfg.seed}"
+
+
+def eval_users(cfg: CourseSettings, dataset):
+    """Test users a notebook scores: all, or a fixed random sample of ``cfg.eval_users`` (sorted).
+
+    Returns:
+        (N,) int64 user indices.
+    """
+    import numpy as np
+
+    n = dataset.num_users
+    if cfg.eval_users is None or cfg.eval_users >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(n, size=cfg.eval_users, replace=False)).astype(np.int64)
+
+
+def sasrec_run(cfg: CourseSettings, dataset, progress: bool | None = None):
+    """Train SASRec for the course settings, or resume/reuse the run in :func:`run_dir`.
+
+    Quick mode: hidden 32, ``max_len`` 20, 1 layer; full mode: the :class:`rarec_lite.sasrec.SASRecConfig`
+    defaults (hidden 64, ``max_len`` 50, 2 layers, early stopping on validation NDCG@10).
+
+    Returns:
+        :class:`rarec_lite.sasrec.SASRecRun`.
+    """
+    from rarec_lite import sasrec
+
+    size = dict(hidden=32, max_len=20, num_layers=1) if cfg.quick else {}
+    return sasrec.train_sasrec(dataset, run_dir(cfg, "sasrec", dataset), device=cfg.device,
+                               progress=(not cfg.quick) if progress is None else progress,
+                               epochs=cfg.sasrec_epochs, seed=cfg.seed, **size)
+
+
+def user_id_embeddings(model, histories):
+    """Frozen SASRec user embeddings of ``histories`` (a list of item-id arrays): (B, d) float32."""
+    import torch
+
+    from rarec_lite import sasrec
+
+    with torch.no_grad():
+        model.eval()
+        device = model.item_emb.weight.device
+        return model.encode(sasrec.pad_histories(list(histories), model.max_len).to(device)).float().cpu()
+
+
+def evaluate_two_tower(tower, dataset, users, user_prompts, item_prompts, user_id_emb=None, item_id_emb=None,
+                       batch_size: int = 64, max_user_tokens: int | None = None, max_item_tokens: int | None = None):
+    """Full-ranking test metrics of a two-tower LLM recommender on ``users``.
+
+    Encodes ``user_prompts`` (one per user in ``users``) with the user tower and every item prompt
+    with the item tower (with soft prompts when the tower is aligned), scores all items by dot
+    product and ranks the test target among them (history masked), as in the pipeline.
+
+    Args:
+        tower: :class:`rarec_lite.alignment.TwoTower`.
+        users: (N,) user indices; ``user_prompts``: N strings; ``item_prompts``: I strings.
+        user_id_emb: (N, d) and ``item_id_emb``: (I, d) SASRec embeddings for an aligned tower.
+
+    Returns:
+        ``(EvalResult, user_vecs (N, H), item_vecs (I, H))``.
+    """
+    from rarec_lite import metrics
+
+    split = dataset.split()
+    u_vecs = tower.encode_batched(list(user_prompts), "user", user_id_emb, batch_size, max_user_tokens)
+    i_vecs = tower.encode_batched(list(item_prompts), "item", item_id_emb, batch_size, max_item_tokens)
+
+    def score(histories, users):
+        return u_vecs[users] @ i_vecs.T
+
+    result = metrics.evaluate(score, [split.test_history[u] for u in users], split.test_target[users],
+                              dataset.num_items, batch_size=256)
+    return result, u_vecs, i_vecs
+
+
+def ranking_recommender(user_vecs, item_vecs, users, dataset, k: int = 50):
+    """A recommender for the prompt inspector: user index -> top-``k`` item ids (history excluded).
+
+    Args:
+        user_vecs: (N, H) vectors of ``users``; item_vecs: (I, H).
+    """
+    import torch
+
+    row = {int(u): r for r, u in enumerate(users)}
+    split = dataset.split()
+
+    def recommend(u: int) -> list[int]:
+        scores = (user_vecs[row[int(u)]] @ item_vecs.T).clone()
+        scores[torch.as_tensor(split.test_history[u], dtype=torch.long)] = float("-inf")
+        return torch.topk(scores, min(k, len(scores))).indices.tolist()
+
+    return recommend
+
+
+# ----------------------------------------------------------------------------- reading the pipeline's metrics.json
+TABLE_METRICS = ("HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR")
+
+
+def quick_pipeline_config(seed: int = 0) -> dict:
+    """A smaller ``ci-tiny`` for notebook 07 in quick mode: 4 methods on a 120-user slice, 4 steps.
+
+    Returns:
+        a config dict for :func:`rarec_lite.pipeline.run_pipeline` (named ``course-quick``).
+    """
+    from rarec_lite import pipeline
+
+    conf = pipeline.load_config("ci-tiny")
+    conf.update(name="course-quick", description="notebook 07 quick mode: ci-tiny with four methods", seed=seed)
+    conf["methods"]["run"] = ["mostpop", "sasrec", "id_translation", "rarec"]
+    conf["data"]["max_users"] = 120
+    conf["eval"]["num_users"] = 60
+    conf["train"].update(samples=32, steps=4)
+    return conf
+
+
+def metrics_table(result: dict, metrics: tuple = TABLE_METRICS):
+    """The pipeline's ``metrics.json`` as a table: one row per method (label), full-ranking metrics.
+
+    Returns:
+        a ``pandas.DataFrame`` indexed by method label, with ``users`` and the ``metrics`` columns.
+    """
+    import pandas as pd
+
+    rows = {e["label"]: {"users": e.get("users"), **{m: e.get(m) for m in metrics}} for e in result["methods"].values()}
+    return pd.DataFrame.from_dict(rows, orient="index").round(4)
+
+
+def metrics_with_ci(result: dict, metrics: tuple = ("NDCG@10", "HR@100")) -> dict:
+    """``{label: {metric: (value, ci_low, ci_high)}}`` from ``metrics.json`` for :func:`rarec_lite.plots.metric_bars`.
+
+    Uses the pipeline's 95% bootstrap intervals (``ci95_<metric>``); a metric without one is given
+    as a bare value (no error bar).
+    """
+    out = {}
+    for e in result["methods"].values():
+        out[e["label"]] = {m: (e[m], *e[f"ci95_{m}"]) if f"ci95_{m}" in e else e.get(m, float("nan")) for m in metrics}
+    return out
+
+
+def cost_table(result: dict):
+    """Efficiency columns of ``metrics.json``: prompt tokens (kept / needed), soft-prompt slots per layer,
+    trainable parameters, training samples, training and evaluation seconds.
+
+    Returns:
+        a ``pandas.DataFrame`` indexed by method label.
+    """
+    import pandas as pd
+
+    cols = ("prompt_tokens", "prompt_tokens_needed", "soft_prompt_tokens", "trainable_params", "train_samples",
+            "train_seconds", "eval_seconds")
+    rows = {e["label"]: {c: e.get(c) for c in cols} for e in result["methods"].values()}
+    return pd.DataFrame.from_dict(rows, orient="index").round(1)

