@@ -345,7 +345,11 @@ class TwoTower(nn.Module):
 
 @torch.no_grad()
 def hidden_state_rms(backbone: Any, texts: Sequence[str], max_tokens: int = 64) -> list[float]:
-    """Per-layer RMS of real hidden states at each layer's **input**, over non-pad tokens.
+    """Per-layer typical RMS of real hidden states at each layer's **input**: the median over
+    non-pad tokens of each token's RMS.
+
+    The median, not the mean: LLMs have a few "massive activation" tokens (in SmolLM2-135M the
+    first token's state has RMS ~240 from layer 13 on, while the other tokens stay near 9).
 
     Returns L floats (layer 1's input = the embeddings, ..., layer L's input = layer L-1's
     output): pass them as ``RAAlignment(init_scale=...)`` so prefix vectors start at the scale
@@ -357,4 +361,4 @@ def hidden_state_rms(backbone: Any, texts: Sequence[str], max_tokens: int = 64) 
     input_ids, mask = tower.tokenize(texts, max_tokens)
     hidden = forward_with_prefix(backbone, input_ids, mask, None)
     m = mask.bool()
-    return [float(h[m].float().pow(2).mean().sqrt()) for h in hidden[:-1]]
+    return [float(h[m].float().pow(2).mean(-1).sqrt().median()) for h in hidden[:-1]]
