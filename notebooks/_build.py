@@ -300,6 +300,13 @@ u = 0
 p = prompts.id_direct_user(u, split.test_history[u], bb.tokenizer)
 print(p.text)
 print(p.tokens_kept, "tokens:", bb.tokenizer.convert_ids_to_tokens(bb.tokenizer(p.text)["input_ids"])[:40])'''),
+    md("Prompt length grows with the history, a few tokens per item id (mean over users of each history length):"),
+    code('''\
+some = np.arange(min(ds.num_users, 500))
+lens = np.array([len(split.test_history[u]) for u in some])
+toks = np.array([prompts.id_direct_user(u, split.test_history[u], bb.tokenizer).tokens_needed for u in some])
+xs = np.unique(lens)
+plots.tokens_vs_history(xs, [toks[lens == x].mean() for x in xs], bb.info.max_position, label="ID Direct prompt");'''),
     md("## 2. Zero-shot two-tower ranking\nUser tower: the ID Direct prompt; item tower: `\"Item 402\"`. Scores "
        "are dot products of the last token's hidden state (`alignment.TwoTower` without an alignment module)."),
     code('''\

