@@ -54,7 +54,8 @@ def _same_id_mask(ids: torch.Tensor | None, batch: int, device) -> torch.Tensor:
     return negative
 
 
-def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | None = None,
+             scale: float = 1.0) -> torch.Tensor:
     """BPR over in-batch negatives: mean over pairs (i, j != i) of ``-log sigmoid(s_ii - s_ij)``.
 
     Args:
@@ -62,9 +63,13 @@ def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | No
         item: (B, H) item-tower vectors; row ``i`` is user ``i``'s positive (target) item.
         item_ids: optional (B,) ids of the items; a ``j`` with the same id as ``i`` is not
             used as a negative for ``i`` (it is the same item).
+        scale: ``c > 0`` in ``s_ij = c * <user_i, item_j>``. A positive constant changes no
+            ranking, only how soon the sigmoid saturates: LLM hidden states have norms in the
+            tens, so raw dot products differ by hundreds and BPR sits in its linear tail;
+            ``c = 1/sqrt(H)`` (as in scaled dot-product attention) keeps it in its useful range.
 
     Returns:
-        Scalar tensor (nats). Scores are dot products ``s_ij = <user_i, item_j>``.
+        Scalar tensor (nats). Scores are scaled dot products ``s_ij = c * <user_i, item_j>``.
 
     Raises:
         ValueError: shapes differ, are not 2-D, ``B < 2``, or every pair is a duplicate.
@@ -72,7 +77,9 @@ def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | No
     Source: Rendle et al. 2009, Eq. 3; RA-Rec (Yu et al. 2024) trains its two towers with it.
     """
     _check_pair(user, item, ("user", "item"))
-    scores = user @ item.T  # (B, B): s_ij
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0; got {scale}")
+    scores = scale * (user @ item.T)  # (B, B): s_ij
     negative = _same_id_mask(item_ids, scores.shape[0], scores.device)
     if not negative.any():
         raise ValueError("bpr_loss: no negative pair in the batch (all item_ids equal)")
@@ -126,6 +133,7 @@ def alignment_loss(
     lam: float = 0.1,
     temperature: float = 0.1,
     item_ids: torch.Tensor | None = None,
+    score_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """RA-Rec's training objective: ``BPR + lam * InfoNCE`` (InfoNCE averaged over layers and towers).
 
@@ -138,6 +146,7 @@ def alignment_loss(
             not computed and reported as 0).
         temperature: InfoNCE temperature ``tau``.
         item_ids: optional (B,) target ids (duplicates are not negatives, in both losses).
+        score_scale: ``scale`` of :func:`bpr_loss`.
 
     Returns:
         ``{"bpr", "infonce", "total"}`` scalar tensors; ``total = bpr + lam * infonce``,
@@ -148,7 +157,7 @@ def alignment_loss(
 
     Source: RA-Rec (Yu et al. 2024), training objective of the alignment module.
     """
-    bpr = bpr_loss(user, item, item_ids)
+    bpr = bpr_loss(user, item, item_ids, score_scale)
     if lam == 0:
         zero = bpr.new_zeros(())
         return {"bpr": bpr, "infonce": zero, "total": bpr}

@@ -49,6 +49,8 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay.
         lam: weight lambda of InfoNCE (0 = the "w/o InfoNCE" ablation).
         temperature: InfoNCE temperature tau.
+        score_scale: BPR's score is ``score_scale * <u, v>``; ``None`` = ``1/sqrt(H)``
+            (see :func:`rarec_lite.losses.bpr_loss`; no ranking changes, only the training dynamics).
         seed: seed of the batch order (epoch ``e`` uses ``seed * 100003 + e``).
         max_user_tokens: user prompts are truncated to this many tokens.
         max_item_tokens: item prompts are truncated to this many tokens.
@@ -64,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lam: float = 0.1
     temperature: float = 0.1
+    score_scale: float | None = None
     seed: int = 0
     max_user_tokens: int = 64
     max_item_tokens: int = 24
@@ -72,7 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 50
 
     # fields that must match to resume a checkpoint (the others may change, e.g. more steps)
-    RESUME_KEYS = ("batch_size", "lr", "weight_decay", "lam", "temperature", "seed",
+    RESUME_KEYS = ("batch_size", "lr", "weight_decay", "lam", "temperature", "score_scale", "seed",
                    "max_user_tokens", "max_item_tokens", "grad_clip")
 
     def total_steps(self, num_samples: int) -> int:
@@ -296,6 +299,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         step, history, seconds = _load(ckpt, alignment, optimizer, cfg, n)
     resumed_from = step
     total_steps = cfg.total_steps(n)
+    score_scale = cfg.score_scale if cfg.score_scale is not None else tower.backbone.info.hidden_size ** -0.5
     tower.backbone.model.eval()  # no dropout in the frozen LLM
     alignment.train()
 
@@ -323,7 +327,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
             u_text = text_cache.user_layers[idx].unbind(1)  # L tensors (B, H)
             v_text = text_cache.items(targets).unbind(1)
         losses = alignment_loss(u, v, u_layers, u_text, v_layers, v_text, cfg.lam, cfg.temperature,
-                                item_ids=torch.tensor(targets))
+                                item_ids=torch.tensor(targets), score_scale=score_scale)
 
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -91,3 +91,16 @@ def test_alignment_loss_combines_bpr_and_mean_layer_infonce():
     assert off["total"].item() == pytest.approx(out["bpr"].item(), abs=1e-6) and off["infonce"].item() == 0.0
     with pytest.raises(ValueError, match="layers"):
         alignment_loss(u, v, lam=0.1)
+
+
+def test_bpr_scale_equals_scaling_one_tower_by_hand():
+    # s = c * <u, v>: with c = 0.5 the 2x2 case is BPR on the halved user vectors,
+    # i.e. -1/2 * (log sigmoid(0.5*(2-0)) + log sigmoid(0.5*(3-1)))
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    item = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
+    # scores: s = [[2, 0], [1, 3]]; diffs s_00 - s_01 = 2, s_11 - s_10 = 2
+    expected = -math.log(1 / (1 + math.exp(-1.0)))
+    assert bpr_loss(user, item, scale=0.5).item() == pytest.approx(expected, rel=1e-6)
+    assert bpr_loss(user, item, scale=0.5).item() == pytest.approx(bpr_loss(0.5 * user, item).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        bpr_loss(user, item, scale=0.0)
