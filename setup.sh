@@ -4,6 +4,7 @@
 #
 #   bash setup.sh            set up, then run `rarec-lite pipeline --config cpu-quick`
 #   bash setup.sh --no-run   set up only
+#   bash setup.sh --config=ci-tiny   a 3-minute smoke run instead of the main job
 #
 # Raw data comes from $RAREC_MIRROR when set (a classroom mirror, e.g. ../shared/data),
 # otherwise data_download.sh fetches it. Use PYTHON=python3.11 to pick the interpreter.
@@ -40,6 +41,10 @@ echo "== installing rarec-lite and its pinned dependencies (constraints.txt)"
 echo "== installed: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
 
 if [ "$run" = 1 ]; then
+  if [ "$config" != ci-tiny ]; then
+    # raw Clothing files: copied from $RAREC_MIRROR when set, else downloaded (skipped when complete)
+    bash data_download.sh --dataset cloth
+  fi
   echo "== running the main job: rarec-lite pipeline --config $config"
   .venv/bin/rarec-lite pipeline --config "$config"
 fi
