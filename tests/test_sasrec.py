@@ -1,0 +1,166 @@
+"""SASRec: shapes, causal masking, padding, the loss, learning on a toy task, resumable training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rarec_lite.baselines import MostPop
+from rarec_lite.files import load_checkpoint, read_json
+from rarec_lite.metrics import evaluate
+from rarec_lite.sasrec import SASRec, load_sasrec, pad_histories, sequence_loss, train_sasrec, training_pairs
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run ~50x faster on one thread than on two on a busy 2-core machine
+    (the second thread mostly waits at OpenMP barriers)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@dataclass
+class _LOO:
+    train: list
+    valid_history: list
+    valid_target: np.ndarray
+    test_history: list
+    test_target: np.ndarray
+
+
+class ToyDataset:
+    """Users walk the catalogue in steps of +1 (mod I) from a random start: the next item is
+    predictable from the last one, while every item is about equally popular, so MostPop fails."""
+
+    def __init__(self, num_users: int = 240, num_items: int = 30, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.sequences = []
+        for _ in range(num_users):
+            start, length = rng.integers(0, num_items), rng.integers(5, 12)
+            self.sequences.append((start + np.arange(length)) % num_items)
+        self.num_items, self.num_users = num_items, num_users
+
+    def split(self) -> _LOO:
+        s = self.sequences
+        return _LOO([x[:-2] for x in s], [x[:-2] for x in s], np.array([x[-2] for x in s]),
+                    [x[:-1] for x in s], np.array([x[-1] for x in s]))
+
+
+TINY = dict(hidden=16, max_len=8, num_layers=1, num_heads=2, dropout=0.1, lr=1e-2, batch_size=32)
+
+
+def test_pad_histories_right_aligns_and_truncates():
+    out = pad_histories([np.array([4, 5, 6]), np.array([1]), np.array([], dtype=np.int64)], max_len=2)
+    assert out.tolist() == [[6, 7], [0, 2], [0, 0]]
+    assert pad_histories([np.array([3])], max_len=5).tolist() == [[0, 0, 0, 0, 4]]
+    assert pad_histories([np.array([3]), np.array([1, 2])], max_len=5, trim=True).tolist() == [[0, 4], [2, 3]]
+    x, y = training_pairs([np.array([7, 8, 9]), np.array([1])], max_len=4)
+    assert x.tolist() == [[0, 0, 8, 9]] and y.tolist() == [[0, 0, 9, 10]]  # the 1-item sequence has no pair
+    with pytest.raises(ValueError, match="negative item id"):
+        pad_histories([np.array([-1])], 3)
+
+
+def test_shapes_and_item_embeddings():
+    torch.manual_seed(0)
+    m = SASRec(num_items=13, hidden=8, max_len=6, num_layers=2, num_heads=2).eval()
+    h = pad_histories([np.array([1, 2, 3]), np.array([12])], 6)
+    assert m(h).shape == (2, 6, 8)
+    assert m.encode(h).shape == (2, 8)
+    assert m.item_embeddings().shape == (13, 8)
+    assert torch.equal(m.item_embeddings()[4], m.item_emb.weight[5])  # item i lives at row i + 1
+    assert torch.allclose(m.score(h), m.encode(h) @ m.item_embeddings().T)
+    with pytest.raises(ValueError, match="max_len"):
+        m(torch.ones(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="0..13"):
+        m(torch.tensor([[14]]))
+
+
+def test_causal_masking_and_padding_invariance():
+    torch.manual_seed(0)
+    m = SASRec(num_items=20, hidden=12, max_len=6, num_layers=2, num_heads=3, dropout=0.0).eval()
+    a = torch.tensor([[0, 3, 5, 7, 9, 11]])
+    b = a.clone()
+    b[0, 4] = 2  # change a later item
+    sa, sb = m(a), m(b)
+    assert torch.allclose(sa[:, :4], sb[:, :4], atol=1e-6)  # earlier positions unchanged
+    assert not torch.allclose(sa[:, 4:], sb[:, 4:], atol=1e-4)  # later positions do change
+    # trimming the padding (width 5 instead of 6) gives the same last state
+    assert torch.allclose(m.encode(a[:, 1:]), m.encode(a), atol=1e-6)
+    # a user's encoding does not depend on the other users of the batch (padding is masked)
+    hist = [np.array([3, 5]), np.array([1, 2, 3, 4, 5])]
+    both = m.encode(pad_histories(hist, 6))
+    alone = m.encode(pad_histories(hist[:1], 6, trim=True))
+    assert torch.allclose(both[0], alone[0], atol=1e-6)
+
+
+def test_cross_entropy_loss_matches_a_per_position_loop():
+    torch.manual_seed(1)
+    m = SASRec(num_items=9, hidden=8, max_len=5, num_layers=1, dropout=0.0).eval()
+    x, y = training_pairs([np.array([1, 2, 3, 4]), np.array([5, 6])], max_len=5)
+    loss = sequence_loss(m, x, y, "ce")
+    states, table = m(x), m.item_emb.weight[1:]
+    terms = []
+    for u in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            if y[u, t] != 0:
+                logits = table @ states[u, t]
+                terms.append(-(logits[y[u, t] - 1] - torch.logsumexp(logits, 0)))
+    assert len(terms) == 3 + 1
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    # the sampled losses are finite and positive; an unknown loss is refused
+    for kind in ("bpr", "bce"):
+        value = sequence_loss(m, x, y, kind, generator=torch.Generator().manual_seed(0)).item()
+        assert math.isfinite(value) and value > 0
+    with pytest.raises(ValueError, match="unknown loss"):
+        sequence_loss(m, x, y, "mse")
+
+
+def test_sasrec_learns_the_toy_task_and_beats_mostpop(tmp_path):
+    ds = ToyDataset()
+    run = train_sasrec(ds, tmp_path / "run", progress=False, epochs=8, patience=8, **TINY)
+    split = ds.split()
+    pop = MostPop().fit(split.train, ds.num_items)
+    pop_test = evaluate(pop.score, split.test_history, split.test_target, ds.num_items, ks=(10,))
+    assert run.test.metrics["NDCG@10"] > 0.6  # "next = last + 1" is learnable
+    assert run.test.metrics["NDCG@10"] > 3 * pop_test.metrics["NDCG@10"]
+    # exports: shapes, frozen reload, user embeddings = encode(test history)
+    items, _ = load_checkpoint(tmp_path / "run" / "item_embeddings.safetensors")
+    users, _ = load_checkpoint(tmp_path / "run" / "user_embeddings.safetensors")
+    assert items["embeddings"].shape == (ds.num_items, 16)
+    assert users["embeddings"].shape == (ds.num_users, 16)
+    model = load_sasrec(tmp_path / "run")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert torch.allclose(model.item_embeddings(), items["embeddings"])
+    enc = model.encode(pad_histories(split.test_history, TINY["max_len"]))
+    assert torch.allclose(enc, users["embeddings"], atol=1e-5)
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert metrics["test"]["protocol"] == "full-ranking"
+    assert metrics["test"]["NDCG@10"] == pytest.approx(run.test.metrics["NDCG@10"])
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 8
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    ds = ToyDataset(num_users=120, seed=3)
+    cfg = dict(TINY, patience=10)
+    straight = train_sasrec(ds, tmp_path / "a", progress=False, epochs=3, **cfg)
+    train_sasrec(ds, tmp_path / "b", progress=False, epochs=1, **cfg)  # "interrupted" after epoch 1
+    resumed = train_sasrec(ds, tmp_path / "b", progress=False, epochs=3, **cfg)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    ta, ma = load_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
+    tb, mb = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
+    assert ta.keys() == tb.keys() and any(k.startswith("optim.") for k in ta)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # weights, best weights and Adam state
+    assert [h["valid_ndcg10"] for h in ma["history"]] == [h["valid_ndcg10"] for h in mb["history"]]
+    assert mb["epoch"] == 3
+    # a different model config in the same directory is refused, naming the file and field
+    with pytest.raises(ValueError, match="checkpoint.safetensors.*hidden=16"):
+        train_sasrec(ds, tmp_path / "b", progress=False, **dict(cfg, hidden=8))
