@@ -46,7 +46,32 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sasrec(args: argparse.Namespace) -> int:
-    raise NotImplementedError("rarec-lite train-sasrec: see rarec_lite.sasrec")
+    from pathlib import Path
+
+    from rarec_lite import paths
+    from rarec_lite.baselines import MostPop
+    from rarec_lite.data import load_dataset
+    from rarec_lite.metrics import evaluate, format_metrics
+    from rarec_lite.sasrec import train_sasrec
+
+    dataset = load_dataset(args.dataset)
+    out = Path(args.out) if args.out else paths.runs_dir() / f"sasrec-{args.dataset}"
+    cfg = {"seed": args.seed}
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    run = train_sasrec(dataset, out, **cfg)
+    split = dataset.split()
+    pop = MostPop().fit(split.train, dataset.num_items)
+    pop_test = evaluate(pop.score, split.test_history, split.test_target, dataset.num_items)
+    m = run.metrics
+    print(f"\n{args.dataset}: {dataset.num_users} users, {dataset.num_items} items; "
+          f"{m['epochs']} epochs (best {m['best_epoch']}), {m['train_seconds']:.0f} s of training")
+    print(format_metrics({"SASRec (valid)": run.valid, "SASRec (test)": run.test, "MostPop (test)": pop_test}))
+    print(f"\nwritten to {out}:")
+    for name in ("model.safetensors", "item_embeddings.safetensors", "user_embeddings.safetensors",
+                 "ranks.safetensors", "metrics.json", "checkpoint.safetensors"):
+        print(f"  {out / name}")
+    return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
