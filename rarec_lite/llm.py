@@ -34,7 +34,9 @@ Quantization (Dettmers et al. 2023, QLoRA, for NF4; Dettmers et al. 2022, LLM.in
             supports it, else fp16. Works on CPU with bitsandbytes >= 0.45.
             On a CPU the first NF4 load of an offline model quantizes with plain PyTorch ops
             (~40-60 s for SmolLM2 on 2 cores); the quantized copy is then cached under
-            ``models_dir()/"<name>-nf4-cpu"`` and later loads take ~2 s.
+            ``models_dir()/"<name>-nf4-cpu"`` and later loads take ~2 s. NF4 saves memory,
+            not time, on a CPU: bitsandbytes dequantizes each weight at every matmul, so a
+            SmolLM2 forward is ~1.2-2.4x slower than fp32 (``bench/bench_llm.py``).
 ``"int8"``  bitsandbytes LLM.int8(). Works on CPU with bitsandbytes 0.50: weights stored int8
             with per-row scales; activations are cast fp32 -> fp16 for the int8 matmul.
             Compute dtype fp32 on CPU, fp16 on a GPU.
@@ -622,6 +624,10 @@ def _rss_kib(field: str) -> int:
 def _memory_probe(name: str, quantization: str | None, device: str) -> dict:
     """Load one backbone in this (fresh) process, run one forward, report memory. Used by
     :func:`memory_report` in a subprocess so each quantization starts from a clean heap."""
+    import transformers  # noqa: F401  (import the libraries first: their memory is not the model's)
+
+    if quantization is not None:
+        import bitsandbytes  # noqa: F401
     rss0 = _rss_kib("VmRSS")
     on_gpu = resolve_device(device).startswith("cuda")
     if on_gpu:

@@ -152,15 +152,16 @@ def test_with_lm_head_shares_the_base_model():
 
 
 @pytest.mark.slow
-def test_memory_report_rows_per_quantization():
-    rows = llm.memory_report("tiny-llama", quantizations=(None, "nf4"))
-    assert [r["quantization"] for r in rows] == ["fp32", "nf4"], rows
-    fp32, nf4 = rows
+def test_memory_report_row_matches_an_in_process_load():
+    rows = llm.memory_report("tiny-llama", quantizations=("nf4",))  # one subprocess (~10-20 s)
+    assert [r["quantization"] for r in rows] == ["nf4"], rows
+    (row,) = rows
     # the subprocess measured the same model this process loads (same seed, same RAREC_HOME)
-    assert fp32["weight_bytes"] == load_backbone("tiny-llama", quantization=None).info.weight_bytes
-    assert fp32["num_parameters"] == nf4["num_parameters"] == 90688
-    assert nf4["weight_bytes"] < fp32["weight_bytes"]
-    assert fp32["peak_bytes"] > 0 and nf4["peak_bytes"] > 0
+    nf4 = load_backbone("tiny-llama", quantization="nf4")
+    assert row["weight_bytes"] == nf4.info.weight_bytes
+    assert row["num_parameters"] == 90688
+    assert row["weight_bytes"] < load_backbone("tiny-llama", quantization=None).info.weight_bytes
+    assert 0 < row["peak_bytes"] < 2e9
 
 
 # ----------------------------------------------------------------------------- real offline models
@@ -179,7 +180,7 @@ def test_smollm2_nf4_generates_real_text(session_home, monkeypatch):
     assert not any(p.requires_grad for p in bb.lm.parameters())
     enc = bb.tokenizer(["The capital of France is"], return_tensors="pt")
     with torch.no_grad():
-        out = bb.lm.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
+        out = bb.lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
     text = bb.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text, text
 
