@@ -70,7 +70,8 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
     print(f"\nwritten to {out}:")
     for name in ("model.safetensors", "item_embeddings.safetensors", "user_embeddings.safetensors",
                  "ranks.safetensors", "metrics.json", "checkpoint.safetensors"):
-        print(f"  {out / name}")
+        if (out / name).exists():
+            print(f"  {out / name}")
     return 0
 
 
