@@ -555,6 +555,11 @@ recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds)'''),
     code('''\
 ins = inspector.PromptInspector(ds, recs, {bb.info.name: bb}, users=users, k=10,
                                 num_instruction_tokens=2, num_id_tokens=1)
+# open on a user whose held-out item made some paradigm's top-10, if there is one
+hit = next(((int(u), p) for p in reversed(inspector.PARADIGMS) for u in users
+            if split.test_target[u] in recs[p](int(u))[:10]), None)
+if hit:
+    ins.state.update(user=hit[0], paradigm=hit[1])
 ins.show()'''),
     md("## 3. The same, as text\n`render_static` works anywhere (a terminal, a log, a printed handout)."),
     code('''\

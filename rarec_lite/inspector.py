@@ -226,13 +226,26 @@ class PromptInspector:
         return [(layer, row if layer >= 0 else "...") for layer in layers]
 
     @staticmethod
+    def _cut_note(view: InspectorView, html_: bool) -> str:
+        """What the budget (or the hybrid prompt's k most recent items) left out, or ""."""
+        p = view.prompt
+        if not p.truncated:
+            return ""
+        if view.paradigm == "RA-Rec hybrid" and (p.tokens_needed or 0) <= view.budget:
+            note = (f"{p.items_kept} most recent of {p.items_total} items as text; the whole history enters "
+                    "through the ID slots")
+            return f" <i>({note})</i>" if html_ else f" | {note}"
+        note = f"to {p.items_kept} of {p.items_total} items"
+        return f" <span style='color:#C44E52'><b>truncated</b> {note}</span>" if html_ else f" | TRUNCATED {note}"
+
+    @staticmethod
     def to_text(view: InspectorView) -> str:
         """The static (plain text) rendering of a view."""
         p = view.prompt
         lines = [
             f"== Prompt inspector: user {view.user} ({view.user_id}) | {view.paradigm} | backbone {view.backbone}",
             f"-- hard prompt: {p.tokens_kept} tokens (full history needs {p.tokens_needed}) "
-            f"/ budget {view.budget}" + (f" | TRUNCATED to {p.items_kept} of {p.items_total} items" if p.truncated else ""),
+            f"/ budget {view.budget}" + PromptInspector._cut_note(view, html_=False),
             p.text,
             f"-- soft-prompt slots per layer ({view.num_layers} layers): "
             f"{view.num_instruction_slots} instruction (I), {view.num_id_slots} ID (D), {len(view.tokens)} text tokens (t)",
@@ -270,15 +283,15 @@ class PromptInspector:
         p = view.prompt
         colors = {"I": "#4C72B0", "D": "#DD8452", "t": "#BBBBBB"}
         pct = min(100, round(100 * (p.tokens_kept or 0) / max(1, view.budget)))
-        bar_color = "#C44E52" if p.truncated else "#55A868"
+        over = (p.tokens_needed or 0) > view.budget
+        bar_color = "#C44E52" if over else "#55A868"
         parts = [
             "<div style='font-family:sans-serif;font-size:13px;line-height:1.35'>",
             f"<h4 style='margin:4px 0'>User {view.user} <code>{e(view.user_id)}</code> · {e(view.paradigm)} · "
             f"{e(view.backbone)}</h4>",
             f"<b>Hard prompt</b>: {p.tokens_kept} tokens / budget {view.budget} "
             f"(full history needs {p.tokens_needed})"
-            + (f" <span style='color:#C44E52'><b>truncated</b> to {p.items_kept} of {p.items_total} items</span>"
-               if p.truncated else ""),
+            + PromptInspector._cut_note(view, html_=True),
             f"<div style='background:#eee;width:320px;height:8px'><div style='background:{bar_color};"
             f"width:{pct}%;height:8px'></div></div>",
             f"<pre class='rarec-prompt' style='white-space:pre-wrap;background:#f7f7f7;padding:6px;"

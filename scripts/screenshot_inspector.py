@@ -43,9 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float, what: str) -> bytes:
+def wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | None = None) -> bytes:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before answering")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return r.read()
@@ -142,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         lab = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-             "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+             "--ServerApp.open_browser=False"] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
             env=env, stdout=open(work / "lab.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(lab)
-        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, "JupyterLab")
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, "JupyterLab", lab)
         dport = free_port()
         chrome = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={work / 'chromium-profile'}",
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
              "about:blank"],
             stdout=open(work / "chromium.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(chrome)
-        targets = json.loads(wait_http(f"http://127.0.0.1:{dport}/json/list", 60, "Chromium DevTools"))
+        targets = json.loads(wait_http(f"http://127.0.0.1:{dport}/json/list", 60, "Chromium DevTools", chrome))
         page = next(t for t in targets if t.get("type") == "page")
         dt = DevTools(page["webSocketDebuggerUrl"])
         dt.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, deviceScaleFactor=1,
@@ -169,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         if not box:
             dt.call("Page.captureScreenshot", format="png")
             raise TimeoutError(f"the inspector did not render within {args.timeout:.0f} s (see {work / 'lab.log'})")
+        # The widgets are restored from the state saved in the notebook; until a kernel re-creates
+        # their models, JupyterLab marks each control with a "disconnected" icon. Hide that mark.
+        dt.js("""(() => { const s = document.createElement('style');
+          s.textContent = '.jupyter-widgets-disconnected::before { display: none !important; }';
+          document.head.appendChild(s); })()""")
         time.sleep(2.0)  # let fonts and layout settle
         box = dt.js(FIND_VIEW)
         clip = {"x": max(0, box["x"] - 8), "y": max(0, box["y"] - 8), "width": min(args.width, box["width"] + 16),
@@ -180,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(out_png, png)
         print(f"wrote {out_png} ({len(png) / 1024:.0f} KiB, {int(clip['width'])}x{int(clip['height'])} px)")
         return 0
+    except Exception:
+        for log in ("lab.log", "chromium.log"):
+            if (work / log).exists():
+                print(f"--- last lines of {log}:\n" + "\n".join((work / log).read_text(errors="replace").splitlines()[-15:]),
+                      file=sys.stderr)
+        raise
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -87,6 +87,9 @@ def test_budget_truncation_and_slots(tokenizer):
     rows = ins.slot_rows(h)
     assert len(rows) == 3 and rows[0][1].startswith("I I D D D | t")
     assert h.target_rank == 1 and h.topk[0][4]  # user 3's target 11 is ranked first
+    # the hybrid prompt writes only k_recent items by design: not reported as a budget cut
+    assert "2 most recent of 5 items as text" in ins.render_static(3, "RA-Rec hybrid")
+    assert "TRUNCATED to 2 of 5 items" in ins.render_static(3, "ID Translation")
 
 
 def test_widgets_driven_programmatically(tokenizer):
