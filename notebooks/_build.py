@@ -107,7 +107,8 @@ for what, find in [("SmolLM2 GGUF", llm.smollm2_gguf_path), ("MiniLM dir", llm.m
     md("## 4. A first load\nLoad the backbone of this run size and run one sentence through it: the "
        "output is one hidden state per layer (plus the embeddings)."),
     code('''\
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
+                       max_layers=cfg.max_layers)
 print(bb.info)
 enc = bb.tokenizer(["A customer bought a pair of sandals."], return_tensors="pt").to(bb.info.device)
 with torch.no_grad():
@@ -246,7 +247,7 @@ so the LLM can be *quantized*: NF4 stores each weight in 4 bits (Dettmers et al.
 scale per block of 64 weights. We measure the memory of the same model in fp32, int8 and NF4.
 """, "from rarec_lite import llm") + [
     code('''\
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)  # all layers here
 info = bb.info
 print(f"{info.name}: {info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}, "
       f"{info.num_heads} heads / {info.num_kv_heads} KV heads, {info.num_parameters:,} parameters")
@@ -293,7 +294,8 @@ rank every item.
     code('''\
 ds = course.load_course_dataset(cfg)
 split = ds.split()
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)'''),
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
+                       max_layers=cfg.max_layers)'''),
     md("## 1. The prompt and its tokens"),
     code('''\
 u = 0
@@ -339,7 +341,8 @@ quadratic attention long before that).
     code('''\
 ds = course.load_course_dataset(cfg)
 split = ds.split()
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
+                       max_layers=cfg.max_layers)
 window = bb.info.max_position
 print("context window:", window, "tokens")'''),
     md("## 1. One user's prompt"),
@@ -397,7 +400,8 @@ the two towers' scores + lambda x InfoNCE aligning each layer with the text-only
 ds = course.load_course_dataset(cfg)
 split = ds.split()
 run = course.sasrec_run(cfg, ds)          # reuses notebook 02's run when it exists
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
+                       max_layers=cfg.max_layers)
 info = bb.info'''),
     md("## 1. The module\nTrainable parameters per tower: `L x n_instr x H` instruction vectors plus `L` linear maps "
        "`d -> n_id x H`. Compare with the frozen LLM."),
@@ -524,7 +528,8 @@ backbone.
 ds = course.load_course_dataset(cfg)
 split = ds.split()
 run = course.sasrec_run(cfg, ds)
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device)
+bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
+                       max_layers=cfg.max_layers)
 users = course.eval_users(cfg, ds)[:50]
 texts = lambda h: [ds.item_text[i] for i in h]'''),
     md("## 1. One recommender per paradigm\nZero-shot two towers for ID Direct and ID Translation; for RA-Rec, the "

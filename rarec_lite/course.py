@@ -135,6 +135,8 @@ class CourseSettings:
         eval_users: users scored in notebook evaluations (``None`` = all).
         seed: one seed for every random choice.
         raw_dir: the directory with ``user_sequence.txt`` when the real data is reachable, else ``None``.
+        max_layers: keep only the first layers of the LLM (``None`` = all). Full mode on a CPU keeps
+            8 of SmolLM2's 30 layers, as the pipeline's ``cpu-quick`` config does.
     """
 
     quick: bool
@@ -148,6 +150,7 @@ class CourseSettings:
     eval_users: int | None
     seed: int = 0
     raw_dir: Path | None = None
+    max_layers: int | None = None
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -183,10 +186,11 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     """The run size for quick or full mode, with a printed summary.
 
     Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
-    steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors). Full mode: ``smollm2-135m`` in NF4, all 39,387 users,
-    up to 30 SASRec epochs (early stopping), 500 alignment steps of 32 pairs, and the LLM
-    paradigms scored on a fixed random sample of 2,000 test users (SASRec and MostPop on all; the
-    pipeline, ``rarec-lite pipeline``, scores every user). Any field can be overridden by keyword.
+    steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors).
+    Full mode: ``smollm2-135m`` in NF4 (on a CPU only its first 8 of 30 layers, as in the pipeline's
+    ``cpu-quick`` config), all 39,387 users, up to 30 SASRec epochs (early stopping), 250 alignment
+    steps of 16 pairs, and the LLM paradigms scored on a fixed random sample of 1,000 test users
+    against the whole catalogue (SASRec and MostPop on every user). Any field can be overridden by keyword.
 
     Raises:
         TypeError: an override names no field of :class:`CourseSettings`.
@@ -196,7 +200,8 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     if quick:
         base = CourseSettings(True, "cpu", None, "tiny-llama", 300, 2, 12, 8, 100)
     else:
-        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 500, 32, 2000)
+        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 250, 16, 1000,
+                              max_layers=8 if hw.device == "cpu" else None)
     base = replace(base, raw_dir=find_raw_cloth())
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
