@@ -165,7 +165,10 @@ def find_raw_cloth() -> Path | None:
 
     Looks in ``$RAREC_MIRROR/amazon_cloth``, ``$RAREC_MIRROR``, ``$RAREC_HOME/raw/cloth`` and then
     ``../shared/data/amazon_cloth`` relative to the working directory and to the repository.
+    ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the notebooks then use the toy dataset).
     """
+    if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy":
+        return None
     candidates: list[Path] = []
     mirror = os.environ.get("RAREC_MIRROR")
     if mirror:

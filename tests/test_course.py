@@ -41,6 +41,8 @@ def test_find_raw_cloth_mirror_layouts(monkeypatch, tmp_path):
     (tmp_path / "amazon_cloth" / "user_sequence.txt").write_text("A B0 B1 B2 B3 B4\n")
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path))
     assert course.find_raw_cloth() == (tmp_path / "amazon_cloth").resolve()
+    monkeypatch.setenv("RAREC_COURSE_DATA", "toy")  # force the toy dataset even with real data around
+    assert course.find_raw_cloth() is None
 
 
 def test_colab_helpers(monkeypatch):
