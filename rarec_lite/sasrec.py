@@ -277,7 +277,7 @@ class SASRecConfig:
     num_layers: int = 2
     num_heads: int = 1
     dropout: float = 0.2
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     batch_size: int = 256
     epochs: int = 30
@@ -384,7 +384,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         progress: show tqdm bars.
         max_steps_per_epoch: stop each epoch after that many batches (tests, quick demos).
         **cfg: fields of :class:`SASRecConfig` (``hidden=64, max_len=50, num_layers=2,
-            num_heads=1, dropout=0.2, lr=1e-3, batch_size=256, epochs=30, patience=3,
+            num_heads=1, dropout=0.2, lr=5e-3, batch_size=256, epochs=30, patience=3,
             seed=0, loss="ce"``).
 
     Returns:
