@@ -506,8 +506,6 @@ table'''),
     md("## 2. With confidence intervals\nBars: test NDCG@10 and HR@100; error bars: 95% bootstrap intervals over users "
        "(where the pipeline recorded them)."),
     code('''\
-%matplotlib inline
-# (again: the pipeline saved its own figures through matplotlib's file-only Agg backend)
 plots.metric_bars(course.metrics_with_ci(m), metrics=("NDCG@10", "HR@100"));'''),
     md("## 3. Cost\nTraining time and trainable parameters per method: RA-Rec trains a tiny fraction of the model."),
     code('''\

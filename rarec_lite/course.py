@@ -136,7 +136,7 @@ class CourseSettings:
         seed: one seed for every random choice.
         raw_dir: the directory with ``user_sequence.txt`` when the real data is reachable, else ``None``.
         max_layers: keep only the first layers of the LLM (``None`` = all). Full mode on a CPU keeps
-            8 of SmolLM2's 30 layers, as the pipeline's ``cpu-quick`` config does.
+            as many of SmolLM2's 30 layers as the pipeline's ``cpu-quick`` config does.
     """
 
     quick: bool
@@ -190,9 +190,9 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
 
     Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
     steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors).
-    Full mode: ``smollm2-135m`` in NF4 (on a CPU only its first 8 of 30 layers, as in the pipeline's
-    ``cpu-quick`` config), all 39,387 users, up to 30 SASRec epochs (early stopping), 250 alignment
-    steps of 16 pairs, and the LLM paradigms scored on a fixed random sample of 1,000 test users
+    Full mode: the sizes of the pipeline's ``cpu-quick`` config (the README's main job): SmolLM2-135M
+    in NF4 (on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
+    and alignment steps, and the LLM paradigms scored on its fixed random sample of test users
     against the whole catalogue (SASRec and MostPop on every user). Any field can be overridden by keyword.
 
     Raises:
@@ -203,8 +203,13 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     if quick:
         base = CourseSettings(True, "cpu", None, "tiny-llama", 300, 2, 12, 8, 100)
     else:
-        base = CourseSettings(False, hw.device, hw.quantization, "smollm2-135m", None, 30, 250, 16, 1000,
-                              max_layers=8 if hw.device == "cpu" else None)
+        from rarec_lite.pipeline import load_config
+
+        main = load_config("cpu-quick")  # full mode is the README's main job: notebooks and pipeline agree
+        base = CourseSettings(False, hw.device, hw.quantization, main["llm"]["name"], main["data"]["max_users"] or None,
+                              main["sasrec"]["epochs"], main["train"]["steps"], main["train"]["batch_size"],
+                              main["eval"]["num_users"],
+                              max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None)
     base = replace(base, raw_dir=find_raw_cloth())
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
@@ -259,18 +264,15 @@ def run_dir(cfg: CourseSettings, kind: str, dataset="cloth") -> Path:
 
 
 def eval_users(cfg: CourseSettings, dataset):
-    """Test users a notebook scores: all, or a fixed random sample of ``cfg.eval_users`` (sorted).
+    """Test users a notebook scores: all, or the fixed random sample of ``cfg.eval_users``
+    (:func:`rarec_lite.metrics.sample_users`, the same sample as the pipeline's).
 
     Returns:
         (N,) int64 user indices.
     """
-    import numpy as np
+    from rarec_lite.metrics import sample_users
 
-    n = dataset.num_users
-    if cfg.eval_users is None or cfg.eval_users >= n:
-        return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng(cfg.seed)
-    return np.sort(rng.choice(n, size=cfg.eval_users, replace=False)).astype(np.int64)
+    return sample_users(dataset.num_users, cfg.eval_users, cfg.seed)
 
 
 def sasrec_run(cfg: CourseSettings, dataset, progress: bool | None = None):
@@ -292,14 +294,7 @@ def sasrec_run(cfg: CourseSettings, dataset, progress: bool | None = None):
 
 def user_id_embeddings(model, histories):
     """Frozen SASRec user embeddings of ``histories`` (a list of item-id arrays): (B, d) float32."""
-    import torch
-
-    from rarec_lite import sasrec
-
-    with torch.no_grad():
-        model.eval()
-        device = model.item_emb.weight.device
-        return model.encode(sasrec.pad_histories(list(histories), model.max_len).to(device)).float().cpu()
+    return model.encode_histories(histories)
 
 
 def evaluate_two_tower(tower, dataset, users, user_prompts, item_prompts, user_id_emb=None, item_id_emb=None,

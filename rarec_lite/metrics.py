@@ -380,6 +380,20 @@ class PairedComparison:
         )
 
 
+def sample_users(num_users: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """A fixed evaluation sample: ``n`` distinct users of ``0..num_users-1``, sorted (all when ``n`` is None or larger).
+
+    Every method is evaluated on the same sample, so per-user results can be paired.
+
+    Returns:
+        ``(min(n, num_users),)`` int64 user indices.
+    """
+    if n is None or n <= 0 or n >= num_users:
+        return np.arange(num_users, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_users, size=n, replace=False)).astype(np.int64)
+
+
 def paired_bootstrap(
     per_user_a, per_user_b, num_resamples: int = 1000, seed: int = 0, ci: float = 0.95, chunk: int = 100
 ) -> PairedComparison:

@@ -189,6 +189,7 @@ class _Run:
     # -- stage 1: data --------------------------------------------------------------------
     def load_data(self) -> None:
         from rarec_lite.data import load_dataset, synthetic_dataset
+        from rarec_lite.metrics import sample_users
 
         d = self.cfg["data"]
         max_users = d["max_users"] or None
@@ -205,9 +206,7 @@ class _Run:
              f"{sum(len(s) for s in ds.sequences):,} interactions")
 
         # the evaluation users: a fixed sample of test users (all of them when fewer)
-        n_eval = min(int(self.cfg["eval"]["num_users"]) or ds.num_users, ds.num_users)
-        rng = np.random.default_rng(self.seed)
-        self.eval_users = np.sort(rng.choice(ds.num_users, size=n_eval, replace=False))
+        self.eval_users = sample_users(ds.num_users, int(self.cfg["eval"]["num_users"]), self.seed)
         self.eval_histories = [np.asarray(self.split.test_history[u]) for u in self.eval_users]
         self.eval_targets = np.asarray([self.split.test_target[u] for u in self.eval_users])
 
@@ -228,10 +227,7 @@ class _Run:
 
     def user_id_embeddings(self, histories: list) -> torch.Tensor:
         """Frozen SASRec encodings of histories: (B, d)."""
-        from rarec_lite.sasrec import pad_histories
-
-        with torch.no_grad():
-            return self.sasrec.encode(pad_histories(histories, self.sasrec.max_len, trim=True)).float()
+        return self.sasrec.encode_histories(histories)
 
     # -- the LLM --------------------------------------------------------------------------
     @property
@@ -556,10 +552,7 @@ def _add_confidence_intervals(entries: dict, ranks: dict, cfg: dict) -> None:
 
 def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
     """Metric bars with 95% bootstrap CIs, and the training curves. Returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
     from rarec_lite import plots
 

@@ -208,6 +208,16 @@ class SASRec(nn.Module):
         """``(B, I)`` next-item scores ``encode(h) @ item_embeddings().T``."""
         return self.encode(histories) @ self.item_embeddings().T
 
+    @torch.no_grad()
+    def encode_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """User embeddings of raw histories (lists/arrays of item ids, oldest first): ``(B, d)`` float32 on CPU.
+
+        Pads and trims them (:func:`pad_histories`), runs :meth:`encode` without gradients: the
+        frozen ID representation that RA-Rec turns into the user soft prompt.
+        """
+        device = self.item_emb.weight.device
+        return self.encode(pad_histories(list(histories), self.max_len, trim=True).to(device)).float().cpu()
+
     def score_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Scores for a list of raw histories (pads and trims them): the ``score_fn`` of :func:`evaluate`."""
         device = self.item_emb.weight.device

@@ -186,3 +186,15 @@ def test_paired_bootstrap_ci_matches_normal_approximation():
     assert res.ci_high == pytest.approx(d.mean() + 1.96 * se, abs=0.2 * se)
     with pytest.raises(ValueError, match="same users"):
         paired_bootstrap(d, d[:-1])
+
+
+def test_sample_users_is_a_fixed_sorted_sample_or_everyone():
+    from rarec_lite.metrics import sample_users
+
+    a = sample_users(1000, 50, seed=3)
+    assert len(a) == 50 and len(set(a.tolist())) == 50
+    assert np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 1000
+    np.testing.assert_array_equal(a, sample_users(1000, 50, seed=3))
+    assert not np.array_equal(a, sample_users(1000, 50, seed=4))
+    np.testing.assert_array_equal(sample_users(7, 50), np.arange(7))
+    np.testing.assert_array_equal(sample_users(7, None), np.arange(7))

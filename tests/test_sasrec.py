@@ -199,3 +199,16 @@ def test_real_clothing_bounded_training_end_to_end(shared_cloth_dir, session_hom
         position = int(np.flatnonzero(order == t)[0])
         ties_after = int((row[order[position + 1:]] == row[t]).sum())  # pessimistic: ties go above
         assert run.test.ranks[u] == position + ties_after
+
+
+def test_encode_histories_pads_trims_and_matches_encode():
+    torch.manual_seed(0)
+    model = SASRec(num_items=30, hidden=8, max_len=5, num_layers=1, dropout=0.0).eval()
+    histories = [np.array([3, 4, 5, 6, 7, 8, 9]), np.array([1])]
+    got = model.encode_histories(histories)
+    assert got.shape == (2, 8) and not got.requires_grad
+    # the long history keeps its last max_len items; the short one is left-padded with 0
+    by_hand = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 0, 0, 2]]) + torch.tensor([[1] * 5, [0] * 5])
+    with torch.no_grad():
+        expected = model.encode(by_hand)
+    torch.testing.assert_close(got, expected)
