@@ -23,6 +23,7 @@ full ranking, HR@K / NDCG@K), Table 3 (ablations).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import platform
 import resource
@@ -474,6 +475,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
 
     run = _Run(cfg, out_dir, progress)
     run.load_data()
+    _check_same_data(out_dir, run.dataset)
     run.load_sasrec()
     ks = [int(k) for k in cfg["eval"]["ks"]]
     entries: dict[str, dict] = {}
@@ -504,7 +506,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         "dataset": {"name": run.dataset.name, "users": run.dataset.num_users, "items": run.dataset.num_items,
                     "eval_users": int(len(run.eval_users))},
         "backbone": _backbone_facts(run), "methods": entries,
-        "wall_seconds_this_call": time.time() - started, "peak_rss_mib": _peak_rss_mb(),
+        "calls": _record_call(out_dir, time.time() - started),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
     }
@@ -518,14 +520,58 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     return result
 
 
+def _record_call(out_dir: Path, seconds: float) -> list[dict]:
+    """Append this call's wall time and peak memory to ``calls.json``; return every call so far.
+
+    A resumed run reuses earlier calls' stages, so the report adds their times up and takes
+    the largest peak, instead of describing only the last (possibly instant) call."""
+    path = out_dir / "calls.json"
+    calls = read_json(path) if path.exists() else []
+    calls.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": round(seconds, 1),
+                  "peak_rss_mib": round(_peak_rss_mb(), 1)})
+    atomic_write_json(path, calls)
+    return calls
+
+
+def data_signature(dataset) -> dict:
+    """What identifies a dataset's content: name, sizes and a SHA-256 of every user's item sequence."""
+    digest = hashlib.sha256()
+    for seq in dataset.sequences:
+        digest.update(np.asarray(seq, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return {"name": dataset.name, "users": dataset.num_users, "items": dataset.num_items,
+            "sequences_sha256": digest.hexdigest()}
+
+
+def _check_same_data(out_dir: Path, dataset) -> None:
+    """Refuse to resume on other data than the results were made from (e.g. the synthetic fallback
+    first, the real mirror later): every reused stage would silently belong to the old data."""
+    path = out_dir / "data.json"
+    current = data_signature(dataset)
+    if path.exists():
+        before = read_json(path)
+        if before != current:
+            raise ValueError(f"{out_dir} holds results computed on other data ({before['name']}: "
+                             f"{before['users']:,} users, {before['items']:,} items; now {current['name']}: "
+                             f"{current['users']:,} users, {current['items']:,} items); delete that directory "
+                             f"or use another --out")
+    else:
+        atomic_write_json(path, current)
+
+
 def _backbone_facts(run: _Run) -> dict | None:
+    """The backbone's facts for the report, kept in ``backbone.json`` so a fully resumed run
+    (which never loads the LLM) still reports them."""
+    path = run.out / "backbone.json"
     if run._backbone is None:
-        return None
+        return read_json(path) if path.exists() else None
     info = run._backbone.info
-    return {"name": info.name, "architecture": info.architecture, "layers": info.num_layers,
-            "layers_total": getattr(info, "num_layers_total", info.num_layers), "hidden": info.hidden_size,
-            "quantization": info.quantization, "weight_mib": info.weight_bytes / 2**20,
-            "parameters": info.num_parameters, "device": info.device}
+    facts = {"name": info.name, "architecture": info.architecture, "layers": info.num_layers,
+             "layers_total": getattr(info, "num_layers_total", info.num_layers), "hidden": info.hidden_size,
+             "quantization": info.quantization, "weight_mib": info.weight_bytes / 2**20,
+             "parameters": info.num_parameters, "device": info.device}
+    atomic_write_json(path, facts)
+    return facts
 
 
 def _add_confidence_intervals(entries: dict, ranks: dict, cfg: dict) -> None:
@@ -602,9 +648,11 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         lines.append(f"| {e['label']} | " + " | ".join(row) + f" | {ci_txt} | {tok_txt} | "
                      f"{e.get('soft_prompt_tokens', 0)} | {e.get('trainable_params', 0):,} | "
                      f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.0f} |")
-    lines += ["", f"Peak memory (process RSS): {result['peak_rss_mib']:.0f} MiB. "
-              f"Wall time of this call: {result['wall_seconds_this_call'] / 60:.1f} min "
-              f"(stages reused from an earlier call are not counted).", ""]
+    calls = result.get("calls", [])
+    if calls:
+        lines += ["", f"Wall time: {sum(c['wall_seconds'] for c in calls) / 60:.1f} min over {len(calls)} "
+                  f"call(s) of the pipeline; peak memory (process RSS): "
+                  f"{max(c['peak_rss_mib'] for c in calls):.0f} MiB.", ""]
     for fig in figures:
         lines.append(f"![{fig}]({fig})")
     return "\n".join(lines) + "\n"

@@ -84,6 +84,22 @@ def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "SASRec: reusing" in log and "rarec: reusing" in log and "training" not in log
     assert again["methods"] == result["methods"]
+    # the resumed report still names the backbone and counts both calls
+    report = (out / "report.md").read_text()
+    assert "Backbone: tiny-llama" in report and "over 2 call(s)" in report
+
+
+def test_pipeline_refuses_to_resume_on_other_data(tmp_path):
+    cfg = tiny_config(run=["mostpop"])
+    run_pipeline(cfg, out=tmp_path, progress=False)
+    data_json = tmp_path / "results" / "unit-tiny" / "data.json"
+    stored = json.loads(data_json.read_text())
+    assert stored["name"] == "toy" and stored["users"] > 0 and len(stored["sequences_sha256"]) == 64
+    # as if the first call had read other data (e.g. the synthetic fallback before a mirror was set)
+    stored["sequences_sha256"] = "0" * 64
+    data_json.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="other data"):
+        run_pipeline(cfg, out=tmp_path, progress=False)
 
 
 def test_pipeline_refuses_to_mix_configs_in_one_directory(tmp_path):
@@ -102,8 +118,9 @@ def test_report_marks_ci_and_truncation():
                                        "prompt_tokens": 64, "prompt_tokens_needed": 300.0,
                                        "vs_sasrec_NDCG@10": {"diff": -0.1, "ci_low": -0.2, "ci_high": 0.0,
                                                              "p_value": 0.04}}},
-        "peak_rss_mib": 100.0, "wall_seconds_this_call": 60.0,
+        "calls": [{"wall_seconds": 60.0, "peak_rss_mib": 100.0}, {"wall_seconds": 30.0, "peak_rss_mib": 80.0}],
     }
     text = format_report(result)
     assert "64 (needs 300)" in text
     assert "-0.1000 [-0.2000, +0.0000], p=0.04" in text
+    assert "1.5 min over 2 call(s)" in text and "100 MiB" in text
