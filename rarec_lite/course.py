@@ -161,26 +161,30 @@ class CourseSettings:
 
 
 def find_raw_cloth() -> Path | None:
-    """The directory holding the real Clothing ``user_sequence.txt``, or ``None``.
+    """The directory holding the real Clothing raw files, or ``None``.
 
-    Looks in ``$RAREC_MIRROR/amazon_cloth``, ``$RAREC_MIRROR``, ``$RAREC_HOME/raw/cloth`` and then
-    ``../shared/data/amazon_cloth`` relative to the working directory and to the repository.
-    ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the notebooks then use the toy dataset).
+    Any layout that :func:`rarec_lite.data.detect_raw_source` reads counts (the 2014/2018/2023 files
+    that ``data_download.sh`` fetches, or the OpenP5 ``user_sequence.txt`` layout). Looks in
+    ``$RAREC_MIRROR`` (and its ``amazon_cloth``/``cloth`` sub-folders), the download dir
+    ``$RAREC_HOME/raw/cloth``, and then ``../shared/data/amazon_cloth`` relative to the working
+    directory and to the repository. ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the
+    notebooks then use the toy dataset).
     """
+    from rarec_lite import paths
+    from rarec_lite.data import detect_raw_source
+
     if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy":
         return None
     candidates: list[Path] = []
     mirror = os.environ.get("RAREC_MIRROR")
     if mirror:
         candidates += [Path(mirror) / "amazon_cloth", Path(mirror) / "cloth", Path(mirror)]
-    home = os.environ.get("RAREC_HOME")
-    if home:
-        candidates.append(Path(home) / "raw" / "cloth")
+    candidates.append(paths.raw_dir("cloth"))
     repo = Path(__file__).resolve().parents[1]
     for base in (Path.cwd(), Path.cwd().parent, repo):
         candidates.append(base.parent / "shared" / "data" / "amazon_cloth")
     for path in candidates:
-        if (path / "user_sequence.txt").is_file():
+        if detect_raw_source(path, "cloth") is not None:
             return path.resolve()
     return None
 

@@ -45,6 +45,19 @@ def test_find_raw_cloth_mirror_layouts(monkeypatch, tmp_path):
     assert course.find_raw_cloth() is None
 
 
+def test_find_raw_cloth_sees_what_data_download_fetches(monkeypatch, tmp_path):
+    # the 2014 files that data_download.sh puts in $RAREC_HOME/raw/cloth (no mirror set)
+    monkeypatch.delenv("RAREC_MIRROR", raising=False)
+    monkeypatch.chdir(tmp_path)  # away from any ../shared
+    raw = tmp_path / "home" / "raw" / "cloth"
+    raw.mkdir(parents=True)
+    monkeypatch.setenv("RAREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(course, "__file__", str(tmp_path / "pkg" / "rarec_lite" / "course.py"))
+    assert course.find_raw_cloth() is None
+    (raw / "reviews_Clothing_Shoes_and_Jewelry_5.json.gz").write_bytes(b"")
+    assert course.find_raw_cloth() == raw.resolve()
+
+
 def test_colab_helpers(monkeypatch):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     assert not course.on_colab() and course.enable_colab_widgets() is False
