@@ -13,18 +13,20 @@ cd "$(dirname "$0")"
 
 run=1
 config=cpu-quick
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-run) run=0 ;;
-    --config=*) config="${arg#--config=}" ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    --config=*) config="${1#--config=}" ;;
+    --config) [ $# -ge 2 ] || { echo "setup.sh: --config needs a name" >&2; exit 2; }; config="$2"; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 
 py=${PYTHON:-python3}
-if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-  echo "setup.sh: need Python >= 3.10 (found: $("$py" --version 2>&1)); set PYTHON=..." >&2
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup.sh: need Python >= 3.11 (the configs are read with tomllib) (found: $("$py" --version 2>&1)); set PYTHON=..." >&2
   exit 1
 fi
 

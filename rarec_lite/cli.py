@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        print(f"\nrarec-lite {args.command}: interrupted; finished stages are saved, run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as exc:  # OSError covers FileNotFoundError, NotADirectoryError, ...
         print(f"rarec-lite {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -79,6 +79,17 @@ def config_path(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no config named {name_or_path!r}; known: {', '.join(known)} (or pass a .toml path)")
 
 
+def _check_type(source: str, section: str, key: str, value: Any, default: Any) -> None:
+    """A config value must have its default's type (an int is fine where a float is expected)."""
+    expected = type(default)
+    ok = (isinstance(value, bool) if expected is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
+          else isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
+    if not ok:
+        raise ValueError(f"{source}: [{section}] {key} = {value!r} must be a {expected.__name__} "
+                         f"(e.g. {key} = {json.dumps(default)})")
+
+
 def load_config(name_or_path: str | Path | dict) -> dict:
     """Read a pipeline config (TOML) and fill in the defaults.
 
@@ -101,7 +112,9 @@ def load_config(name_or_path: str | Path | dict) -> dict:
             raise ValueError(f"{path}: malformed TOML ({exc})") from exc
         raw.setdefault("name", path.stem)
     cfg: dict[str, Any] = {"name": raw.pop("name", "custom"), "description": raw.pop("description", ""),
-                           "seed": int(raw.pop("seed", 0))}
+                           "seed": raw.pop("seed", 0)}
+    for key, default in (("name", ""), ("description", ""), ("seed", 0)):
+        _check_type(source, "top level", key, cfg[key], default)
     for section, defaults in DEFAULTS.items():
         given = raw.pop(section, {})
         if not isinstance(given, dict):
@@ -110,9 +123,11 @@ def load_config(name_or_path: str | Path | dict) -> dict:
         if unknown:
             raise ValueError(f"{source}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(defaults)})")
+        for key, value in given.items():
+            _check_type(source, section, key, value, defaults[key])
         cfg[section] = {**defaults, **given}
     if raw:
-        raise ValueError(f"{source}: unknown section(s) {', '.join(sorted(raw))} "
+        raise ValueError(f"{source}: unknown key(s) or section(s) {', '.join(sorted(raw))} "
                          f"(known: {', '.join(sorted(TOP_LEVEL | set(DEFAULTS)))})")
     bad = [m for m in cfg["methods"]["run"] if m not in METHODS]
     if bad:

@@ -124,3 +124,26 @@ def test_report_marks_ci_and_truncation():
     assert "64 (needs 300)" in text
     assert "-0.1000 [-0.2000, +0.0000], p=0.04" in text
     assert "1.5 min over 2 call(s)" in text and "100 MiB" in text
+
+
+def test_config_values_of_the_wrong_type_name_file_and_key(tmp_path):
+    bad = tmp_path / "typo.toml"
+    bad.write_text('[sasrec]\nepochs = "3"\n')
+    with pytest.raises(ValueError, match=r'typo\.toml: \[sasrec\] epochs = .3. must be a int'):
+        load_config(bad)
+    bad.write_text('seed = "zero"\n')
+    with pytest.raises(ValueError, match=r"typo\.toml: \[top level\] seed"):
+        load_config(bad)
+    bad.write_text("[train]\nlr = 1\ndenoise = false\n")  # an int where a float is expected is fine
+    cfg = load_config(bad)
+    assert cfg["train"]["lr"] == 1 and cfg["train"]["denoise"] is False
+
+
+def test_cli_turns_os_errors_into_one_line(tmp_path, capsys):
+    from rarec_lite.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["pipeline", "--config", "ci-tiny", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rarec-lite pipeline: error:") and "Traceback" not in err
