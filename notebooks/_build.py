@@ -511,8 +511,8 @@ plots.metric_bars(course.metrics_with_ci(m), metrics=("NDCG@10", "HR@100"));''')
     code('''\
 cost = course.cost_table(m)
 cost'''),
-    md("**Think:** which differences would survive a paired test (the pipeline reports one for RA-Rec against each "
-       "baseline)? Small slices and few users give wide intervals: do not over-read quick-mode numbers."),
+    md("**Think:** which differences would survive a paired test (the pipeline reports one for every method against "
+       "SASRec)? Small slices and few users give wide intervals: do not over-read quick-mode numbers."),
 ]
 
 # ---------------------------------------------------------------------------------------------- 08

@@ -1075,6 +1075,9 @@ def prepare(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
         _write_tables(tmp, interactions, items, users)
         atomic_write_json(tmp / _STATS, stats)

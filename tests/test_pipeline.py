@@ -147,3 +147,17 @@ def test_cli_turns_os_errors_into_one_line(tmp_path, capsys):
     assert main(["pipeline", "--config", "ci-tiny", "--out", str(afile)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rarec-lite pipeline: error:") and "Traceback" not in err
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from rarec_lite.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
