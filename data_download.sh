@@ -190,6 +190,16 @@ offline_message() {
   } >&2
 }
 
+# fetch URL into PART (resuming); on failure explain the offline options and stop
+fetch_or_exit() {
+  local status=0
+  fetch "$1" "$2" || status=$?
+  if [[ $status -ne 0 ]]; then
+    offline_message "$1" "$status" "$2"
+    exit 1
+  fi
+}
+
 echo "Downloading the $version $dataset files to $dest"
 for entry in "${files[@]}"; do
   base="${entry%%|*}"
@@ -215,22 +225,12 @@ for entry in "${files[@]}"; do
   else
     [[ -s "$part" ]] && echo "  $name: resuming from $(wc -c <"$part" | tr -d ' ') bytes"
     echo "  $name: $url"
-    status=0
-    fetch "$url" "$part" || status=$?
-    if [[ $status -ne 0 ]]; then
-      offline_message "$url" "$status" "$part"
-      exit 1
-    fi
+    fetch_or_exit "$url" "$part"
     if ! gzip_ok "$part"; then
       # A resumed file can be corrupt if the server's copy changed: start over once.
       echo "  $name: gzip -t failed; downloading it again from the start"
       rm -f "$part"
-      status=0
-      fetch "$url" "$part" || status=$?
-      if [[ $status -ne 0 ]]; then
-        offline_message "$url" "$status" "$part"
-        exit 1
-      fi
+      fetch_or_exit "$url" "$part"
       if ! gzip_ok "$part"; then
         rm -f "$part"
         die "$url: the downloaded file is not a valid gzip (gzip -t failed); it was removed"
