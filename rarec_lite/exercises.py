@@ -199,6 +199,19 @@ def _loss_cases(seed: int = 0):
     return [rng.normal(size=(n, h)) for n, h in ((4, 3), (6, 5), (2, 8))]
 
 
+def _scalar_answer(fn: Callable, *args) -> tuple[float | None, str]:
+    """Call a student's loss function: ``(value, "")``, or ``(None, what is wrong)``."""
+    got, err = _call(fn, *args)
+    if err:
+        return None, err
+    if got is None:
+        return None, NOT_DONE
+    value = _as_float(got)
+    if value is None:
+        return None, "return a scalar (a 0-d tensor), not a vector"
+    return value, ""
+
+
 def check_bpr_loss(fn: Callable) -> bool:
     """Check ``fn(user (B,H) tensor, item (B,H) tensor) -> scalar tensor``: BPR with in-batch negatives."""
     import torch
@@ -206,14 +219,9 @@ def check_bpr_loss(fn: Callable) -> bool:
     rng = np.random.default_rng(1)
     for u in _loss_cases():
         v = rng.normal(size=u.shape)
-        got, err = _call(fn, torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64))
-        if err:
-            return _report(False, "BPR", err)
-        if got is None:
-            return _report(False, "BPR", NOT_DONE)
-        value = _as_float(got)
-        if value is None:
-            return _report(False, "BPR", "return a scalar (a 0-d tensor), not None or a vector")
+        value, problem = _scalar_answer(fn, torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64))
+        if problem:
+            return _report(False, "BPR", problem)
         want = reference_bpr(u, v)
         if not math.isclose(value, want, rel_tol=1e-5, abs_tol=1e-8):
             return _report(
@@ -231,14 +239,9 @@ def check_info_nce(fn: Callable, temperature: float = 0.1) -> bool:
     rng = np.random.default_rng(2)
     for a in _loss_cases(3):
         b = a + 0.5 * rng.normal(size=a.shape)
-        got, err = _call(fn, torch.tensor(a), torch.tensor(b), temperature)
-        if err:
-            return _report(False, "InfoNCE", err)
-        if got is None:
-            return _report(False, "InfoNCE", NOT_DONE)
-        value = _as_float(got)
-        if value is None:
-            return _report(False, "InfoNCE", "return a scalar (a 0-d tensor)")
+        value, problem = _scalar_answer(fn, torch.tensor(a), torch.tensor(b), temperature)
+        if problem:
+            return _report(False, "InfoNCE", problem)
         want = reference_info_nce(a, b, temperature)
         if not math.isclose(value, want, rel_tol=1e-5, abs_tol=1e-8):
             return _report(False, "InfoNCE", f"expected {want:.5f}, got {value:.5f}",
