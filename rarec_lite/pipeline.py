@@ -201,6 +201,7 @@ class _Run:
         self.seed = cfg["seed"]
         self._backbone = None
         self._item_text_states = None
+        self._samples: dict[bool, tuple] = {}
 
     # -- stage 1: data --------------------------------------------------------------------
     def load_data(self) -> None:
@@ -284,7 +285,15 @@ class _Run:
 
     # -- training samples -------------------------------------------------------------------
     def samples(self, data_construction: bool):
-        """Training samples (train part only), denoised + diversified when asked; with a report."""
+        """Training samples (train part only), denoised + diversified when asked; with a report.
+
+        Built once per run for each value of ``data_construction``: every trained method with the
+        same setting trains on the same samples (and shares their text cache)."""
+        if data_construction not in self._samples:
+            self._samples[data_construction] = self._build_samples(data_construction)
+        return self._samples[data_construction]
+
+    def _build_samples(self, data_construction: bool):
         from rarec_lite.sampling import denoise, diversify, make_samples
 
         t = self.cfg["train"]
