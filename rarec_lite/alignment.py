@@ -205,18 +205,30 @@ def _torch_dtype(name: Any) -> torch.dtype:
 class TwoTower(nn.Module):
     """Two towers over one frozen LLM: user = hybrid prompt, item = item text (+ soft prompts).
 
-    ``score(u, i) = <pool(h_L^user), pool(h_L^item)>``, the dot product of the pooled final
-    hidden states. With ``alignment=None`` (zero-shot ID Direct / ID Translation) the towers are
-    the plain LLM.
+    ``score(u, i) = <z(pool(h_L^user)), z(pool(h_L^item))>``, the dot product of the pooled final
+    hidden states, where ``z`` is the identity (the paper's raw dot product) or, after
+    :meth:`set_standardization`, a fixed per-dimension standardisation ``z(x) = (x - mu) / sigma``.
+    With ``alignment=None`` (zero-shot ID Direct / ID Translation) the towers are the plain LLM.
+
+    **Why standardise.** The hidden states of a small LLM are anisotropic: a few "massive
+    activation" dimensions (SmolLM2-135M: 247 and 308) carry most of every state's norm, so a raw
+    dot product ``<u, i>`` is dominated by a term that depends on the item alone and ranks every
+    user's catalogue in nearly the same order. Measured on Clothing (1,000 test users, first 6
+    layers, mean pooling, zero-shot ID Translation): HR@100 0.004 raw (chance is 0.0043) vs 0.048
+    standardised with the catalogue's text-only statistics. ``mu`` and ``sigma`` are fixed
+    statistics of text-only item states, never trained (the diagonal form of BERT-whitening,
+    Su et al. 2021, arXiv 2103.15316; massive activations: Sun et al. 2024, arXiv 2402.17762).
 
     Args:
         backbone: a :class:`rarec_lite.llm.Backbone` (frozen ``model``, ``tokenizer``, ``info``).
         alignment: an :class:`RAAlignment`, or ``None``.
-        pooling: ``"last"`` (last non-pad token: causal LMs) or ``"mean"`` (encoders); default
-            by ``info.is_causal``.
+        pooling: ``"last"`` (last non-pad token, the usual choice for causal LMs) or ``"mean"``
+            (mean over the text tokens; the prefix slots are not pooled); default: ``"last"``
+            for causal LMs, ``"mean"`` for encoders.
 
     Only ``alignment`` is a registered sub-module: ``tower.parameters()`` and
-    ``tower.state_dict()`` hold the trainable part only; the backbone is a plain attribute.
+    ``tower.state_dict()`` hold the trainable part only; the backbone and the standardisation
+    statistics are plain attributes.
 
     Raises:
         ValueError: unknown pooling; the alignment was built for another layer count or width.
@@ -238,6 +250,42 @@ class TwoTower(nn.Module):
         self.pooling = pooling
         self.device = torch.device(info.device if info.device != "auto" else "cpu")
         self.dtype = _torch_dtype(info.compute_dtype)
+        self.mu: torch.Tensor | None = None  # (H,) standardisation statistics, see set_standardization
+        self.sigma: torch.Tensor | None = None
+
+    # -- scoring ---------------------------------------------------------------------------
+    def set_standardization(self, states: torch.Tensor | None, eps: float = 1e-6) -> "TwoTower":
+        """Fix ``mu`` and ``sigma`` (each ``(H,)``) to the per-dimension mean and standard deviation
+        of ``states`` (``(N, H)``, e.g. text-only item states of the catalogue or of a sample of
+        it); ``None`` switches standardisation off (the raw dot product). Returns ``self``.
+
+        The statistics are detached copies: they are data, not parameters, and never train.
+
+        Raises:
+            ValueError: ``states`` is not ``(N, H)`` with ``N >= 2`` and ``H`` the backbone's width.
+        """
+        if states is None:
+            self.mu = self.sigma = None
+            return self
+        h = self.backbone.info.hidden_size
+        if states.dim() != 2 or states.shape[1] != h or states.shape[0] < 2:
+            raise ValueError(f"set_standardization: states must be (N >= 2, {h}); got {tuple(states.shape)}")
+        states = states.detach().float().cpu()
+        self.mu = states.mean(0)
+        self.sigma = states.std(0).clamp_min(eps)
+        return self
+
+    def standardize(self, vecs: torch.Tensor) -> torch.Tensor:
+        """``(vecs - mu) / sigma`` row-wise (``(N, H)`` -> ``(N, H)``), or ``vecs`` unchanged when no
+        statistics are set. Differentiable: training's BPR sees the same scores as the evaluation."""
+        if self.mu is None:
+            return vecs
+        mu, sigma = self.mu.to(vecs.device, vecs.dtype), self.sigma.to(vecs.device, vecs.dtype)
+        return (vecs - mu) / sigma
+
+    def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """Two-tower scores ``z(u) @ z(i).T``: (U, H) x (I, H) -> (U, I) (see the class docstring)."""
+        return self.standardize(user_vecs) @ self.standardize(item_vecs).T
 
     # -- tokenising ------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,10 +385,6 @@ class TwoTower(nn.Module):
         return self.encode_batched(texts, tower, None, batch_size, max_tokens, per_layer, use_prefix=False,
                                    progress=progress)
 
-    @staticmethod
-    def score(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        """Dot-product scores: (U, H) x (I, H) -> (U, I)."""
-        return user_vecs @ item_vecs.T
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ Read :func:`train_alignment` top to bottom; it is the whole loop:
 
 1. take a batch of :class:`~rarec_lite.sampling.Sample` (user history -> target item);
 2. user tower: the hybrid prompt of the sample + the frozen SASRec embedding of its history;
-   item tower: the target's text prompt + the target's frozen SASRec item embedding;
+   item tower: the target's text prompt + the target's frozen SASRec item embedding; the pooled
+   final states go through the tower's fixed standardisation when it has one
+   (:meth:`rarec_lite.alignment.TwoTower.set_standardization`), as in the evaluation;
 3. loss = BPR over in-batch negatives + lambda * InfoNCE, per layer, between each tower's
    hybrid representation and the cached text-only representation of the same user / item
    (:func:`rarec_lite.losses.alignment_loss`);
@@ -326,7 +328,9 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         if cfg.lam > 0:
             u_text = text_cache.user_layers[idx].unbind(1)  # L tensors (B, H)
             v_text = text_cache.items(targets).unbind(1)
-        losses = alignment_loss(u, v, u_layers, u_text, v_layers, v_text, cfg.lam, cfg.temperature,
+        # BPR scores exactly what the evaluation ranks by: tower.score = <z(u), z(v)>
+        losses = alignment_loss(tower.standardize(u), tower.standardize(v), u_layers, u_text, v_layers, v_text,
+                                cfg.lam, cfg.temperature,
                                 item_ids=torch.tensor(targets), score_scale=score_scale)
 
         optimizer.zero_grad(set_to_none=True)

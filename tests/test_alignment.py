@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import numpy as np
 import torch
 
 from rarec_lite.alignment import RAAlignment, TwoTower, hidden_state_rms
@@ -106,8 +107,35 @@ def test_text_only_encoding_is_the_plain_model(backbones):
         torch.testing.assert_close(layers[k, 0].float(), out.hidden_states[1][0, -1], atol=2e-3, rtol=2e-3)
     # batched encoding puts rows back in input order
     torch.testing.assert_close(tower.encode(texts, "item"), final, atol=1e-4, rtol=1e-4)
-    assert TwoTower.score(final[:2], final).shape == (2, 3)
-    torch.testing.assert_close(TwoTower.score(final[:2], final)[1, 2], final[1] @ final[2])
+    assert tower.score(final[:2], final).shape == (2, 3)
+    torch.testing.assert_close(tower.score(final[:2], final)[1, 2], final[1] @ final[2])  # raw by default
+
+
+def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbones):
+    tower = TwoTower(backbones["tiny-llama"], None)
+    h = tower.backbone.info.hidden_size
+    gen = torch.Generator().manual_seed(0)
+    # item states with one "massive activation" dimension: large, item-specific, meaningless
+    items = torch.randn(50, h, generator=gen)
+    items[:, 7] = 200 + 30 * torch.randn(50, generator=gen)
+    users = items[:5].clone() + 0.1 * torch.randn(5, h, generator=gen)  # each user resembles one item
+    users[:, 7] = 210.0
+    raw = tower.score(users, items)
+    # raw: the massive dimension decides, so every user gets the same top item
+    assert len(set(raw.argmax(1).tolist())) == 1
+    tower.set_standardization(items)
+    z = tower.score(users, items)
+    # independent computation in numpy (float64)
+    it, us = items.double().numpy(), users.double().numpy()
+    mu, sd = it.mean(0), it.std(0, ddof=1)
+    expected = ((us - mu) / sd) @ ((it - mu) / sd).T
+    np.testing.assert_allclose(z.double().numpy(), expected, rtol=1e-4, atol=1e-3)
+    assert z.argmax(1).tolist() == [0, 1, 2, 3, 4]  # each user finds its own item again
+    assert tower.mu.requires_grad is False and list(tower.parameters()) == []
+    tower.set_standardization(None)
+    torch.testing.assert_close(tower.score(users, items), raw)
+    with pytest.raises(ValueError, match=r"states must be \(N >= 2"):
+        tower.set_standardization(items[:, :3])
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
