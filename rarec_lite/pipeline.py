@@ -50,7 +50,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                "epochs": 30, "patience": 3, "batch_size": 256, "loss": "ce"},
     "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256},
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
-            "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3},
+            "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
+            "standardize": False},
     "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4},
     "train": {"samples": 4000, "max_per_user": 3, "steps": 250, "batch_size": 16, "lr": 1e-3,
               "lambda_infonce": 0.1, "temperature": 0.1, "denoise": True, "diversify": True,
@@ -202,6 +203,8 @@ class _Run:
         self._backbone = None
         self._item_text_states = None
         self._samples: dict[bool, tuple] = {}
+        self._standardization: dict[str, torch.Tensor] = {}
+        self.pooling = cfg["llm"]["pooling"] or None  # None: the backbone's default (last token for causal LMs)
 
     # -- stage 1: data --------------------------------------------------------------------
     def load_data(self) -> None:
@@ -333,7 +336,7 @@ class _Run:
             else:
                 llm = self.cfg["llm"]
                 _log(f"encoding {self.dataset.num_items:,} item texts (text only, every layer)")
-                tower = TwoTower(self.backbone, None)
+                tower = TwoTower(self.backbone, None, self.pooling)
                 final, layers = tower.encode_text_only(self.item_prompts("translation"), "item", True,
                                                        int(llm["batch_size"]), int(llm["item_max_tokens"]),
                                                        self.progress)
@@ -353,7 +356,7 @@ class _Run:
         _log(f"encoding {len(samples):,} text-only user prompts for InfoNCE")
         texts = [self.user_prompt("translation", s.user, s.history, int(llm["user_max_tokens"])).text
                  for s in samples]
-        tower = TwoTower(self.backbone, None)
+        tower = TwoTower(self.backbone, None, self.pooling)
         _, user_layers = tower.encode_text_only(texts, "user", True, int(llm["batch_size"]),
                                                 int(llm["user_max_tokens"]), self.progress)
         item_ids = sorted({s.target for s in samples})
@@ -361,6 +364,33 @@ class _Run:
         cache = TextCache(user_layers, item_layers, torch.as_tensor(item_ids, dtype=torch.int64))
         cache.save(path)
         return cache
+
+    def standardization_states(self, kind: str) -> torch.Tensor:
+        """Text-only item states whose statistics fix the score's standardisation (``[llm] standardize``).
+
+        Item text prompts: the whole catalogue (already cached by :meth:`item_text_states`).
+        ``Item <id>`` prompts (ID Direct): a seeded sample of 2,048 items, encoded once.
+        """
+        key = "id_direct" if kind == "id_direct" else "text"
+        if key not in self._standardization:
+            if key == "text":
+                self._standardization[key] = self.item_text_states()[0]
+            else:
+                from rarec_lite.alignment import TwoTower
+
+                rng = np.random.default_rng(self.seed)
+                n = self.dataset.num_items
+                sample = np.sort(rng.choice(n, size=min(n, 2048), replace=False))
+                prompts = self.item_prompts("id_direct")
+                tower = TwoTower(self.backbone, None, self.pooling)
+                self._standardization[key] = tower.encode_batched(
+                    [prompts[i] for i in sample], "item", None, int(self.cfg["llm"]["batch_size"]),
+                    int(self.cfg["llm"]["item_max_tokens"]), use_prefix=False, progress=False)
+        return self._standardization[key]
+
+    def _standardize(self, tower, method: "Method") -> None:
+        if self.cfg["llm"]["standardize"]:
+            tower.set_standardization(self.standardization_states(method.prompts))
 
     # -- scoring --------------------------------------------------------------------------
     def rank(self, scores: torch.Tensor) -> np.ndarray:
@@ -403,7 +433,8 @@ class _Run:
         }
         train_result = None
         if method.kind == "zero-shot":
-            tower = TwoTower(self.backbone, None)
+            tower = TwoTower(self.backbone, None, self.pooling)
+            self._standardize(tower, method)
             facts.update(trainable_params=0, train_samples=0, train_seconds=0.0, soft_prompt_tokens=0)
         else:
             from rarec_lite.train import TrainConfig, train_alignment
@@ -414,7 +445,8 @@ class _Run:
                                     num_instruction_tokens=int(a["num_instruction_tokens"]),
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
                                     use_id=method.use_id, seed=self.seed)
-            tower = TwoTower(self.backbone, alignment)
+            tower = TwoTower(self.backbone, alignment, self.pooling)
+            self._standardize(tower, method)  # fixed before training: BPR trains on the scores we rank by
             samples, sample_report = self.samples(method.data_construction)
             lam = float(t["lambda_infonce"]) if method.infonce else 0.0
             key = "constructed" if method.data_construction else "plain"
@@ -453,7 +485,7 @@ class _Run:
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
         users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
                                      budget, progress=self.progress)
-        facts["ranks"] = self.rank(TwoTower.score(users, items))
+        facts["ranks"] = self.rank(tower.score(users, items))
         facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
         return facts
 
@@ -468,13 +500,17 @@ def _metrics_entry(method: Method, facts: dict, ks) -> dict:
     return entry
 
 
-def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".", progress: bool = True) -> dict:
+def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".", progress: bool = True,
+                 methods: list[str] | None = None) -> dict:
     """Run (or resume) every stage of a config; return the ``metrics.json`` content.
 
     Args:
         config: a config name (``ci-tiny``, ``cpu-quick``, ``gpu-t4``), a ``.toml`` path, or a dict.
         out: results go to ``out/results/<config name>/``.
         progress: tqdm bars.
+        methods: run these methods (names of :data:`METHODS`) instead of the config's
+            ``[methods] run``; finished ones are reused. Every method is its own stage, so a
+            later call may add methods (e.g. the ablations) to a finished run.
 
     Writes (atomically) ``metrics.json``, ``report.md``, ``ranks.npz`` (per-user ranks of every
     method, for paired tests), ``figures/*.png``, ``methods/<name>.json`` (one per finished
@@ -485,11 +521,15 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         ValueError: a malformed config (names the file and key).
     """
     cfg = load_config(config)
+    if methods:
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad} (known: {', '.join(METHODS)})")
+        cfg["methods"]["run"] = list(dict.fromkeys(methods))
     out_dir = Path(out) / "results" / cfg["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = json.dumps(cfg, sort_keys=True)
     previous = out_dir / "config.json"
-    if previous.exists() and json.dumps(read_json(previous), sort_keys=True) != resolved:
+    if previous.exists() and _signature(read_json(previous)) != _signature(cfg):
         raise ValueError(f"{out_dir} holds results of a different configuration ({previous}); "
                          f"use another --out or delete that directory")
     atomic_write_json(previous, cfg)
@@ -530,6 +570,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         "dataset": {"name": run.dataset.name, "users": run.dataset.num_users, "items": run.dataset.num_items,
                     "eval_users": int(len(run.eval_users))},
         "backbone": _backbone_facts(run), "methods": entries,
+        "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"])},
         "calls": _record_call(out_dir, time.time() - started),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
@@ -542,6 +583,12 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     atomic_write_text(out_dir / "report.md", format_report(result, figures))
     _log(f"done in {time.time() - started:.0f} s; report: {out_dir / 'report.md'}")
     return result
+
+
+def _signature(cfg: dict) -> str:
+    """What must match to resume a run: the whole config but the list of methods (each method
+    is a stage of its own) and the free-text description."""
+    return json.dumps({k: v for k, v in cfg.items() if k not in ("methods", "description")}, sort_keys=True)
 
 
 def _record_call(out_dir: Path, seconds: float) -> list[dict]:
@@ -657,6 +704,11 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         lines += [f"Backbone: {bb['name']} ({bb['architecture']}, {bb['layers']} of {bb['layers_total']} layers, "
                   f"hidden {bb['hidden']}, {bb['quantization'] or 'fp32'}, {bb['weight_mib']:.0f} MiB of weights, "
                   f"{bb['device']}).", ""]
+    sc = result.get("scoring")
+    if sc:
+        lines += [f"LLM scores: {sc['pooling']} pooling of the final states; "
+                  + ("dot product of standardised states (fixed text-only item statistics; see README)."
+                     if sc["standardize"] else "raw dot product."), ""]
     cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
     lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "
                  "soft-prompt slots/layer | trainable params | train samples | train s |")

@@ -161,3 +161,42 @@ def test_written_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path, capsys):
+    import torch
+
+    from rarec_lite.alignment import TwoTower
+    from rarec_lite.metrics import full_ranking_ranks
+    from rarec_lite.pipeline import _Run, load_config
+
+    cfg = tiny_config(run=["mostpop", "id_translation"])
+    cfg["llm"].update(pooling="mean", standardize=True)
+    run_pipeline(cfg, out=tmp_path, progress=False)
+    out = tmp_path / "results" / "unit-tiny"
+    stored = np.load(out / "ranks.npz")["id_translation"]
+    assert "mean pooling" in (out / "report.md").read_text() and "standardised" in (out / "report.md").read_text()
+
+    # independent: plain mean-pooled text states, standardised in float64 numpy, ranked by us
+    run = _Run(load_config(cfg), out, progress=False)
+    run.load_data()
+    tower = TwoTower(run.backbone, None, pooling="mean")
+    items = tower.encode_batched(run.item_prompts("translation"), "item", max_tokens=40).double().numpy()
+    users = tower.encode_batched([run.user_prompt("translation", u, h, 200).text
+                                  for u, h in zip(run.eval_users, run.eval_histories)], "user",
+                                 max_tokens=200).double().numpy()
+    mu, sd = items.mean(0), items.std(0, ddof=1)
+    z = ((users - mu) / sd) @ ((items - mu) / sd).T
+    expected = full_ranking_ranks(torch.from_numpy(z), run.eval_targets, run.eval_histories)
+    assert np.mean(stored == expected) >= 0.95  # float32 vs float64 ties may move a rank or two
+    raw = full_ranking_ranks(torch.from_numpy(users @ items.T), run.eval_targets, run.eval_histories)
+    assert not np.array_equal(raw, stored)  # standardising changes the ranking
+
+    # a later call adds a method to the finished run and reuses the rest
+    capsys.readouterr()
+    result = run_pipeline(cfg, out=tmp_path, progress=False, methods=["mostpop", "id_translation", "id_direct"])
+    log = capsys.readouterr().out
+    assert "mostpop: reusing" in log and "id_translation: reusing" in log and "id_direct: reusing" not in log
+    assert list(result["methods"]) == ["mostpop", "id_translation", "id_direct"]
+    with pytest.raises(ValueError, match="gpt5"):
+        run_pipeline(cfg, out=tmp_path, progress=False, methods=["gpt5"])
