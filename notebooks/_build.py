@@ -310,12 +310,14 @@ toks = np.array([prompts.id_direct_user(u, split.test_history[u], bb.tokenizer).
 xs = np.unique(lens)
 plots.tokens_vs_history(xs, [toks[lens == x].mean() for x in xs], bb.info.max_position, label="ID Direct prompt");'''),
     md("## 2. Zero-shot two-tower ranking\nUser tower: the ID Direct prompt; item tower: `\"Item 402\"`. Scores "
-       "are dot products of the last token's hidden state (`alignment.TwoTower` without an alignment module)."),
+       "are dot products of the final hidden states, averaged over the prompt's tokens and standardised with "
+       "fixed statistics of item states (`course.two_tower`: an `alignment.TwoTower` without an alignment "
+       "module; notebook 05 shows why the standardisation matters)."),
     code('''\
 users = course.eval_users(cfg, ds)
-tower = alignment.TwoTower(bb, None)
 user_prompts = [prompts.id_direct_user(u, split.test_history[u]).text for u in users]
 item_prompts = [prompts.id_direct_item(i).text for i in range(ds.num_items)]
+tower = course.two_tower(cfg, bb, item_prompts)
 res, u_vecs, i_vecs = course.evaluate_two_tower(tower, ds, users, user_prompts, item_prompts, max_user_tokens=128)
 print(f"ID Direct (zero-shot, {len(users)} users):", {k: round(v, 4) for k, v in res.metrics.items()})
 print(f"random ranking would give HR@10 = {10 / ds.num_items:.4f}")'''),
@@ -337,7 +339,7 @@ NOTEBOOKS["05_id_translation"] = header("05_id_translation", "05 · ID Translati
 **Goal:** see the second paradigm hit the context window. *ID Translation* writes every history item as text.
 The LLM understands it, but the prompt grows with the history: long histories overflow the window (and cost
 quadratic attention long before that).
-""", "from rarec_lite import llm, prompts, alignment") + [
+""", "from rarec_lite import llm, prompts, alignment, metrics") + [
     code('''\
 ds = course.load_course_dataset(cfg)
 split = ds.split()
@@ -381,11 +383,30 @@ users = course.eval_users(cfg, ds)
 budget = 256
 res_p = [prompts.id_translation_user([ds.item_text[i] for i in split.test_history[u]], bb.tokenizer, budget) for u in users]
 print(f"truncated prompts: {np.mean([r.truncated for r in res_p]):.1%} of {len(users)} users")
-tower = alignment.TwoTower(bb, None)
 item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
-res, _, _ = course.evaluate_two_tower(tower, ds, users, [r.text for r in res_p], item_prompts,
-                                      max_user_tokens=budget, max_item_tokens=32)
+tower = course.two_tower(cfg, bb, item_prompts, max_item_tokens=32)
+res, u_vecs, i_vecs = course.evaluate_two_tower(tower, ds, users, [r.text for r in res_p], item_prompts,
+                                                max_user_tokens=budget, max_item_tokens=32)
 print("ID Translation (zero-shot):", {k: round(v, 4) for k, v in res.metrics.items()})'''),
+    md("## 4. Why a raw dot product fails: anisotropy\nThe paper scores a user and an item by the dot product of "
+       "their final states. In a small LLM a few *massive-activation* dimensions carry most of every state's "
+       "norm; they say little about the text, yet they dominate every dot product, so each user gets almost the "
+       "same ranking. `course.two_tower` subtracts the mean item state and divides by the per-dimension standard "
+       "deviation (fixed statistics of a sample of text-only item states, never trained) before the dot product. "
+       "Below: the per-dimension size of the item states, and the same vectors ranked both ways."),
+    code('''\
+fig, ax = plt.subplots(figsize=(8, 2.6))
+ax.bar(range(i_vecs.shape[1]), i_vecs.abs().mean(0).numpy(), width=1.0)
+ax.set_yscale("log"); ax.set_xlabel("hidden dimension"); ax.set_ylabel("mean |state|")
+ax.set_title("item states: a few dimensions dwarf the rest")
+hist = [split.test_history[u] for u in users]
+for name, scores in [("raw dot product", u_vecs @ i_vecs.T), ("standardised", tower.score(u_vecs, i_vecs))]:
+    r = metrics.full_ranking_ranks(scores, split.test_target[users], hist)
+    top1 = scores.argmax(1)
+    same = (top1 == top1.mode().values).float().mean().item()
+    m = metrics.metrics_from_ranks(r, (10, 100))
+    print(f"{name:16s} HR@10 {m['HR@10']:.4f}  HR@100 {m['HR@100']:.4f}  users sharing the most common top-1 item: {same:.0%}")
+print(f"random ranking: HR@100 = {100 / ds.num_items:.4f}")'''),
 ]
 
 # ---------------------------------------------------------------------------------------------- 06
@@ -442,10 +463,10 @@ for ax, (name, xs) in zip(axes, [("history length", lambda s: len(s.history)), (
     md("## 3. Train\nUser prompt = hybrid hard prompt (3 most recent item texts) + user soft prompt; item prompt = "
        "item text + item soft prompt. InfoNCE's fixed side (the text-only representations) is computed once."),
     code('''\
-tower = alignment.TwoTower(bb, align)
 texts = lambda h: [ds.item_text[i] for i in h]
 user_prompts = [prompts.hybrid_user(texts(s.history), bb.tokenizer, k_recent=3).text for s in chosen]
 item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
+tower = course.two_tower(cfg, bb, item_prompts, align)  # standardisation fixed before training (notebook 05)
 targets = sorted({s.target for s in chosen})
 cache = train.build_text_cache(tower, [prompts.id_translation_user(texts(s.history)).text for s in chosen],
                                [item_prompts[i] for i in targets], targets, max_user_tokens=64, max_item_tokens=24)
@@ -533,26 +554,28 @@ texts = lambda h: [ds.item_text[i] for i in h]'''),
     md("## 1. One recommender per paradigm\nZero-shot two towers for ID Direct and ID Translation; for RA-Rec, the "
        "alignment trained in notebook 06 (loaded from its checkpoint; a fresh, untrained module if 06 was not run)."),
     code('''\
-zero = alignment.TwoTower(bb, None)
 item_text_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
+id_prompts = [prompts.id_direct_item(i).text for i in range(ds.num_items)]
 recs = {}
+zero = course.two_tower(cfg, bb, id_prompts)
 _, uv, iv = course.evaluate_two_tower(zero, ds, users, [prompts.id_direct_user(u, split.test_history[u]).text for u in users],
-                                      [prompts.id_direct_item(i).text for i in range(ds.num_items)], max_user_tokens=128)
-recs["ID Direct"] = course.ranking_recommender(uv, iv, users, ds)
+                                      id_prompts, max_user_tokens=128)
+recs["ID Direct"] = course.ranking_recommender(uv, iv, users, ds, tower=zero)
+zero = course.two_tower(cfg, bb, item_text_prompts)
 _, uv, iv = course.evaluate_two_tower(zero, ds, users, [prompts.id_translation_user(texts(split.test_history[u]), bb.tokenizer, 256).text for u in users],
                                       item_text_prompts, max_user_tokens=256, max_item_tokens=32)
-recs["ID Translation"] = course.ranking_recommender(uv, iv, users, ds)
+recs["ID Translation"] = course.ranking_recommender(uv, iv, users, ds, tower=zero)
 align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=1, num_instruction_tokens=2)
 try:
     print("RA-Rec alignment from step", train.load_alignment(align, course.run_dir(cfg, "rarec", ds)))
 except FileNotFoundError:
     print("no trained alignment found (run notebook 06): showing an untrained module")
-rarec = alignment.TwoTower(bb, align)
+rarec = course.two_tower(cfg, bb, item_text_prompts, align)
 _, uv, iv = course.evaluate_two_tower(
     rarec, ds, users, [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users],
     item_text_prompts, course.user_id_embeddings(run.model, [split.test_history[u] for u in users]),
     run.model.item_embeddings().detach().cpu(), max_user_tokens=64, max_item_tokens=24)
-recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds)'''),
+recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds, tower=rarec)'''),
     md("## 2. The inspector\nIn JupyterLab and Colab this is an interactive widget (on Colab, `show()` enables the "
        "custom widget manager). Without a notebook front end it prints the same content as text."),
     code('''\

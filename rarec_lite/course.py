@@ -137,6 +137,8 @@ class CourseSettings:
         raw_dir: the directory with ``user_sequence.txt`` when the real data is reachable, else ``None``.
         max_layers: keep only the first layers of the LLM (``None`` = all). Full mode on a CPU keeps
             as many of SmolLM2's 30 layers as the pipeline's ``cpu-quick`` config does.
+        pooling: two-tower pooling (``"mean"``, ``"last"``; ``None`` = the backbone's default).
+        standardize: score standardised states (:meth:`rarec_lite.alignment.TwoTower.set_standardization`).
     """
 
     quick: bool
@@ -151,6 +153,8 @@ class CourseSettings:
     seed: int = 0
     raw_dir: Path | None = None
     max_layers: int | None = None
+    pooling: str | None = "mean"
+    standardize: bool = True
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -213,7 +217,8 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
         base = CourseSettings(False, hw.device, hw.quantization, main["llm"]["name"], main["data"]["max_users"] or None,
                               main["sasrec"]["epochs"], main["train"]["steps"], main["train"]["batch_size"],
                               main["eval"]["num_users"],
-                              max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None)
+                              max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None,
+                              pooling=main["llm"]["pooling"] or None, standardize=main["llm"]["standardize"])
     base = replace(base, raw_dir=find_raw_cloth())
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
@@ -301,13 +306,44 @@ def user_id_embeddings(model, histories):
     return model.encode_histories(histories)
 
 
+def two_tower(cfg: CourseSettings, backbone, item_prompts, alignment=None, sample: int = 2048,
+              max_item_tokens: int = 24):
+    """The two towers of the course: ``TwoTower(backbone, alignment, cfg.pooling)``, standardised.
+
+    When ``cfg.standardize``, the score's fixed statistics are those of the text-only item
+    states of a seeded random sample of ``sample`` item prompts (the whole list when shorter):
+    about 20 s for SmolLM2 on a CPU. Call it before training an alignment: BPR then trains on the
+    scores the evaluation ranks by.
+
+    Args:
+        item_prompts: the item tower's prompts (I strings; ``Item <id>`` prompts for ID Direct).
+
+    Returns:
+        :class:`rarec_lite.alignment.TwoTower`.
+    """
+    import numpy as np
+
+    from rarec_lite.alignment import TwoTower
+
+    tower = TwoTower(backbone, alignment, cfg.pooling)
+    if cfg.standardize:
+        rng = np.random.default_rng(cfg.seed)
+        n = len(item_prompts)
+        idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+        tower.set_standardization(tower.encode_batched([item_prompts[i] for i in idx], "item", None,
+                                                       max_tokens=max_item_tokens, use_prefix=False,
+                                                       progress=False))
+    return tower
+
+
 def evaluate_two_tower(tower, dataset, users, user_prompts, item_prompts, user_id_emb=None, item_id_emb=None,
                        batch_size: int = 64, max_user_tokens: int | None = None, max_item_tokens: int | None = None):
     """Full-ranking test metrics of a two-tower LLM recommender on ``users``.
 
     Encodes ``user_prompts`` (one per user in ``users``) with the user tower and every item prompt
-    with the item tower (with soft prompts when the tower is aligned), scores all items by dot
-    product and ranks the test target among them (history masked), as in the pipeline.
+    with the item tower (with soft prompts when the tower is aligned), scores all items with
+    ``tower.score`` (the dot product, of standardised states when the tower has statistics) and
+    ranks the test target among them (history masked), as in the pipeline.
 
     Args:
         tower: :class:`rarec_lite.alignment.TwoTower`.
@@ -315,7 +351,7 @@ def evaluate_two_tower(tower, dataset, users, user_prompts, item_prompts, user_i
         user_id_emb: (N, d) and ``item_id_emb``: (I, d) SASRec embeddings for an aligned tower.
 
     Returns:
-        ``(EvalResult, user_vecs (N, H), item_vecs (I, H))``.
+        ``(EvalResult, user_vecs (N, H), item_vecs (I, H))``: the vectors before standardisation.
     """
     from rarec_lite import metrics
 
@@ -324,20 +360,25 @@ def evaluate_two_tower(tower, dataset, users, user_prompts, item_prompts, user_i
     i_vecs = tower.encode_batched(list(item_prompts), "item", item_id_emb, batch_size, max_item_tokens)
 
     def score(histories, users):
-        return u_vecs[users] @ i_vecs.T
+        return tower.score(u_vecs[users], i_vecs)
 
     result = metrics.evaluate(score, [split.test_history[u] for u in users], split.test_target[users],
                               dataset.num_items, batch_size=256)
     return result, u_vecs, i_vecs
 
 
-def ranking_recommender(user_vecs, item_vecs, users, dataset, k: int = 50):
+def ranking_recommender(user_vecs, item_vecs, users, dataset, k: int = 50, tower=None):
     """A recommender for the prompt inspector: user index -> top-``k`` item ids (history excluded).
 
     Args:
         user_vecs: (N, H) vectors of ``users``; item_vecs: (I, H).
+        tower: the :class:`~rarec_lite.alignment.TwoTower` that made them: its ``standardize`` is
+            applied first, so the order is the one ``tower.score`` gives (``None``: raw dot product).
     """
     import torch
+
+    if tower is not None:
+        user_vecs, item_vecs = tower.standardize(user_vecs), tower.standardize(item_vecs)
 
     row = {int(u): r for r, u in enumerate(users)}
     split = dataset.split()

@@ -32,6 +32,7 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     assert "QUICK mode" in out and "synthetic toy data" in out
     f = course.settings(False, hw, verbose=False, eval_users=10)
     assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", "nf4", None, 10)
+    assert (q.pooling, q.standardize) == (f.pooling, f.standardize) == ("mean", True)  # as in cpu-quick
     with pytest.raises(TypeError, match="unknown field"):
         course.settings(True, hw, verbose=False, epochs=3)
 
@@ -273,3 +274,30 @@ def test_metrics_json_readers():
     assert ci["SASRec"]["NDCG@10"] == (0.25, 0.1, 0.4) and ci["RA-Rec"]["NDCG@10"] == 0.3
     c = course.cost_table(m)
     assert c.loc["RA-Rec", "prompt_tokens_needed"] == 90.0 and c.loc["SASRec", "trainable_params"] == 100
+
+
+def test_two_tower_standardises_with_a_seeded_item_sample():
+    from rarec_lite.data import synthetic_dataset
+    from rarec_lite.llm import load_backbone
+
+    bb = load_backbone("tiny-llama", quantization=None, seed=0)
+    cfg = course.CourseSettings(True, "cpu", None, "tiny-llama", None, 1, 1, 2, 20)
+    texts = [f"item number {i} in red" for i in range(30)]
+    tower = course.two_tower(cfg, bb, texts, sample=12, max_item_tokens=16)
+    assert tower.pooling == "mean"
+    # the statistics are those of 12 of the 30 text-only item states, picked by the seed
+    states = tower.encode_batched(texts, "item", max_tokens=16, use_prefix=False)
+    idx = np.sort(np.random.default_rng(0).choice(30, size=12, replace=False))
+    torch.testing.assert_close(tower.mu, states[idx].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tower.sigma, states[idx].std(0), atol=1e-5, rtol=1e-5)
+    raw = course.two_tower(course.CourseSettings(True, "cpu", None, "tiny-llama", None, 1, 1, 2, 20,
+                                                 standardize=False), bb, texts)
+    assert raw.mu is None
+    # the inspector's recommender ranks by the same standardised score
+    ds = synthetic_dataset(num_users=8, num_items=30, seed=0, num_clusters=2)
+    users = np.arange(4)
+    uv, iv = torch.randn(4, bb.info.hidden_size), states
+    rec = course.ranking_recommender(uv, iv, users, ds, k=5, tower=tower)
+    scores = tower.score(uv[2:3], iv)[0]
+    scores[torch.as_tensor(ds.split().test_history[2], dtype=torch.long)] = float("-inf")
+    assert rec(2) == torch.topk(scores, 5).indices.tolist()
