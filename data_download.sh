@@ -128,6 +128,11 @@ if [[ -n "$from" ]]; then
     fi
     # OpenP5 processed layout: user_sequence.txt + item table(s)
     if [[ -f "$dir/user_sequence.txt" ]]; then
+      if [[ "$version" != 2014 ]]; then
+        names=""
+        for entry in "${files[@]}"; do names="$names $(basename "${entry#*|}")"; done
+        die "$dir has only the OpenP5 layout (user_sequence.txt), which is the 2014 5-core data; --version $version needs the $version raw files ($names ) there, or drop --version to use the 2014 data"
+      fi
       echo "Copying the OpenP5-style $dataset files from $dir to $dest"
       copy_atomic "$dir/user_sequence.txt" "$dest/user_sequence.txt"
       shopt -s nullglob
