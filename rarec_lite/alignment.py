@@ -14,7 +14,7 @@ each tower (user, item) it builds prefix vectors (a per-layer soft prompt):
 The prefix vectors enter layer ``l`` as hidden states in front of the text, pushed through
 the layer's own frozen norm and K/V projections (:func:`rarec_lite.prefix.forward_with_prefix`).
 The user tower reads the hybrid prompt (a short hard prompt + the user soft prompt), the
-item tower the item text + the item soft prompt; the score is the dot product of the pooled
+item tower the item text + the item soft prompt; the score is the dot product of the (standardised) pooled
 final states (:class:`TwoTower`).
 
 Variants of the paper's ablations: ``use_id=False`` (no ID representation: prefix tuning with
