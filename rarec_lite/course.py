@@ -385,7 +385,7 @@ def ranking_recommender(user_vecs, item_vecs, users, dataset, k: int = 50, tower
 
     def recommend(u: int) -> list[int]:
         scores = (user_vecs[row[int(u)]] @ item_vecs.T).clone()
-        scores[torch.as_tensor(split.test_history[u], dtype=torch.long)] = float("-inf")
+        scores[torch.tensor(split.test_history[u], dtype=torch.long)] = float("-inf")  # a copy: histories are read-only
         return torch.topk(scores, min(k, len(scores))).indices.tolist()
 
     return recommend
