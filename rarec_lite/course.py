@@ -290,13 +290,25 @@ def sasrec_run(cfg: CourseSettings, dataset, progress: bool | None = None):
     Quick mode: hidden 32, ``max_len`` 20, 1 layer; full mode: the :class:`rarec_lite.sasrec.SASRecConfig`
     defaults (hidden 64, ``max_len`` 50, 2 layers, early stopping on validation NDCG@10).
 
+    The run directory's name carries a short hash of the hyper-parameters a checkpoint cannot
+    change (all but ``epochs``/``patience``), so a run left in ``$RAREC_HOME`` by an older
+    version of the course with other defaults is not resumed by mistake (nor does it block).
+
     Returns:
         :class:`rarec_lite.sasrec.SASRecRun`.
     """
+    import dataclasses
+    import hashlib
+    import json
+
     from rarec_lite import sasrec
 
     size = dict(hidden=32, max_len=20, num_layers=1) if cfg.quick else {}
-    return sasrec.train_sasrec(dataset, run_dir(cfg, "sasrec", dataset), device=cfg.device,
+    fixed = {**dataclasses.asdict(sasrec.SASRecConfig()), **size, "seed": cfg.seed}
+    for key in ("epochs", "patience", "eval_batch_size"):
+        fixed.pop(key)
+    tag = hashlib.sha1(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]
+    return sasrec.train_sasrec(dataset, run_dir(cfg, f"sasrec-{tag}", dataset), device=cfg.device,
                                progress=(not cfg.quick) if progress is None else progress,
                                epochs=cfg.sasrec_epochs, seed=cfg.seed, **size)
 

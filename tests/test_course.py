@@ -301,3 +301,25 @@ def test_two_tower_standardises_with_a_seeded_item_sample():
     scores = tower.score(uv[2:3], iv)[0]
     scores[torch.as_tensor(ds.split().test_history[2], dtype=torch.long)] = float("-inf")
     assert rec(2) == torch.topk(scores, 5).indices.tolist()
+
+
+def test_sasrec_run_dir_is_keyed_by_its_fixed_hyperparameters(monkeypatch, tmp_path):
+    from rarec_lite.data import synthetic_dataset
+
+    monkeypatch.setenv("RAREC_HOME", str(tmp_path))
+    ds = synthetic_dataset(num_users=60, num_items=40, seed=0, num_clusters=2)
+    cfg = course.CourseSettings(True, "cpu", None, "tiny-llama", 60, 1, 1, 2, 10)
+    # a run left by an older version with other hyper-parameters, under the old, untagged name
+    stale = tmp_path / "runs" / "course-sasrec-toy-u60-seed0"
+    stale.mkdir(parents=True)
+    (stale / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    first = course.sasrec_run(cfg, ds, progress=False)
+    name = first.out_dir.name
+    assert name.startswith("course-sasrec-") and name.endswith("-toy-u60-seed0") and first.out_dir != stale
+    assert len(name.split("-")[2]) == 8  # the hash of the fixed hyper-parameters
+    # the same settings find the same run (resumed, not retrained); another seed gets its own
+    again = course.sasrec_run(cfg, ds, progress=False)
+    assert again.out_dir == first.out_dir and again.metrics["test"] == first.metrics["test"]
+    other = course.sasrec_run(course.CourseSettings(True, "cpu", None, "tiny-llama", 60, 1, 1, 2, 10, seed=1),
+                              ds, progress=False)
+    assert other.out_dir.name.endswith("seed1") and other.out_dir.name.split("-")[2] != name.split("-")[2]
