@@ -78,8 +78,8 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from rarec_lite.pipeline import run_pipeline
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    result = run_pipeline(args.config, out=args.out, methods=methods)
+    add = [m.strip() for m in args.add_methods.split(",") if m.strip()] if args.add_methods is not None else None
+    result = run_pipeline(args.config, out=args.out, add_methods=add)
     print(f"metrics: {args.out}/results/{result['config']}/metrics.json")
     return 0
 
@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="prepare, SASRec, every paradigm and the evaluation, resumable")
     p.add_argument("--config", default="cpu-quick", help="a name in configs/ (e.g. cpu-quick) or a path to a .toml")
     p.add_argument("--out", default=".", help="results go to OUT/results/<config name>/")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated methods to run instead of the config's list (finished ones are reused), "
-                        "e.g. to add the RA-Rec ablations to a finished run")
+    p.add_argument("--add-methods", default=None, metavar="M1,M2",
+                   help="comma-separated methods to run after the config's own (finished ones are reused), "
+                        "e.g. the RA-Rec ablations on a finished run")
     p.set_defaults(func=_cmd_pipeline)
     return parser
 

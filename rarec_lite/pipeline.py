@@ -87,7 +87,7 @@ def _check_type(source: str, section: str, key: str, value: Any, default: Any) -
           else isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float
           else isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
     if not ok:
-        raise ValueError(f"{source}: [{section}] {key} = {value!r} must be a {expected.__name__} "
+        raise ValueError(f"{source}: [{section}] {key} = {value!r} must be {'an' if expected.__name__[0] in 'aeiou' else 'a'} {expected.__name__} "
                          f"(e.g. {key} = {json.dumps(default)})")
 
 
@@ -501,16 +501,16 @@ def _metrics_entry(method: Method, facts: dict, ks) -> dict:
 
 
 def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".", progress: bool = True,
-                 methods: list[str] | None = None) -> dict:
+                 add_methods: list[str] | None = None) -> dict:
     """Run (or resume) every stage of a config; return the ``metrics.json`` content.
 
     Args:
         config: a config name (``ci-tiny``, ``cpu-quick``, ``gpu-t4``), a ``.toml`` path, or a dict.
         out: results go to ``out/results/<config name>/``.
         progress: tqdm bars.
-        methods: run these methods (names of :data:`METHODS`) instead of the config's
-            ``[methods] run``; finished ones are reused. Every method is its own stage, so a
-            later call may add methods (e.g. the ablations) to a finished run.
+        add_methods: methods (names of :data:`METHODS`) to run after the config's ``[methods] run``;
+            finished ones are reused. Every method is its own stage, so a later call may add
+            methods (e.g. the ablations) to a finished run; the report then lists them all.
 
     Writes (atomically) ``metrics.json``, ``report.md``, ``ranks.npz`` (per-user ranks of every
     method, for paired tests), ``figures/*.png``, ``methods/<name>.json`` (one per finished
@@ -521,11 +521,11 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         ValueError: a malformed config (names the file and key).
     """
     cfg = load_config(config)
-    if methods:
-        bad = [m for m in methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad} (known: {', '.join(METHODS)})")
-        cfg["methods"]["run"] = list(dict.fromkeys(methods))
+    if add_methods is not None:
+        bad = [m for m in add_methods if m not in METHODS]
+        if bad or not add_methods:
+            raise ValueError(f"unknown or no method(s) to add: {bad or add_methods} (known: {', '.join(METHODS)})")
+        cfg["methods"]["run"] = list(dict.fromkeys([*cfg["methods"]["run"], *add_methods]))
     out_dir = Path(out) / "results" / cfg["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "config.json"
@@ -698,6 +698,8 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     """The Markdown report: the comparison table, efficiency, CIs against SASRec."""
     ds, bb = result["dataset"], result.get("backbone") or {}
     lines = [f"# Results: {result['config']}", "", result["description"], "",
+             f"Data: {ds.get('name', '?')}" + (" (the synthetic toy dataset: its numbers mean nothing)" if ds.get("name") == "toy" else "")
+             + ".", "",
              f"Protocol: {result['protocol']}; {ds['eval_users']:,} test users ranked against all "
              f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked.", ""]
     if bb:
@@ -721,9 +723,11 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         tokens = e.get("prompt_tokens", 0)
         needed = e.get("prompt_tokens_needed")
         tok_txt = f"{tokens:.0f}" + (f" (needs {needed:.0f})" if needed and needed > tokens + 0.5 else "")
+        if e.get("kind") == "baseline":
+            tok_txt = "–"  # no prompt at all
         lines.append(f"| {e['label']} | " + " | ".join(row) + f" | {ci_txt} | {tok_txt} | "
                      f"{e.get('soft_prompt_tokens', 0)} | {e.get('trainable_params', 0):,} | "
-                     f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.0f} |")
+                     f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.1f} |")
     calls = result.get("calls", [])
     if calls:
         lines += ["", f"Wall time: {sum(c['wall_seconds'] for c in calls) / 60:.1f} min over {len(calls)} "

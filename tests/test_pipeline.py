@@ -129,7 +129,7 @@ def test_report_marks_ci_and_truncation():
 def test_config_values_of_the_wrong_type_name_file_and_key(tmp_path):
     bad = tmp_path / "typo.toml"
     bad.write_text('[sasrec]\nepochs = "3"\n')
-    with pytest.raises(ValueError, match=r'typo\.toml: \[sasrec\] epochs = .3. must be a int'):
+    with pytest.raises(ValueError, match=r'typo\.toml: \[sasrec\] epochs = .3. must be an int'):
         load_config(bad)
     bad.write_text('seed = "zero"\n')
     with pytest.raises(ValueError, match=r"typo\.toml: \[top level\] seed"):
@@ -194,9 +194,12 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
 
     # a later call adds a method to the finished run and reuses the rest
     capsys.readouterr()
-    result = run_pipeline(cfg, out=tmp_path, progress=False, methods=["mostpop", "id_translation", "id_direct"])
+    result = run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["id_direct"])
     log = capsys.readouterr().out
     assert "mostpop: reusing" in log and "id_translation: reusing" in log and "id_direct: reusing" not in log
     assert list(result["methods"]) == ["mostpop", "id_translation", "id_direct"]
+    assert "Data: toy (the synthetic toy dataset" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match="gpt5"):
-        run_pipeline(cfg, out=tmp_path, progress=False, methods=["gpt5"])
+        run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["gpt5"])
+    with pytest.raises(ValueError, match="no method"):
+        run_pipeline(cfg, out=tmp_path, progress=False, add_methods=[])
