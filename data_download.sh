@@ -131,7 +131,8 @@ if [[ -n "$from" ]]; then
       if [[ "$version" != 2014 ]]; then
         names=""
         for entry in "${files[@]}"; do names="$names $(basename "${entry#*|}")"; done
-        die "$dir has only the OpenP5 layout (user_sequence.txt), which is the 2014 5-core data; --version $version needs the $version raw files ($names ) there, or drop --version to use the 2014 data"
+        rmdir "$dest" 2>/dev/null || true  # created above; leave nothing behind when it is still empty
+        die "$dir has only the OpenP5 layout (user_sequence.txt), which is the 2014 5-core data; --version $version needs the $version raw files (${names# }) there, or drop --version to use the 2014 data"
       fi
       echo "Copying the OpenP5-style $dataset files from $dir to $dest"
       copy_atomic "$dir/user_sequence.txt" "$dest/user_sequence.txt"
