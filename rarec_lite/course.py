@@ -333,18 +333,12 @@ def two_tower(cfg: CourseSettings, backbone, item_prompts, alignment=None, sampl
     Returns:
         :class:`rarec_lite.alignment.TwoTower`.
     """
-    import numpy as np
-
     from rarec_lite.alignment import TwoTower
 
     tower = TwoTower(backbone, alignment, cfg.pooling)
     if cfg.standardize:
-        rng = np.random.default_rng(cfg.seed)
-        n = len(item_prompts)
-        idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-        tower.set_standardization(tower.encode_batched([item_prompts[i] for i in idx], "item", None,
-                                                       max_tokens=max_item_tokens, use_prefix=False,
-                                                       progress=False))
+        tower.set_standardization(tower.sample_text_states(item_prompts, sample, cfg.seed,
+                                                           max_tokens=max_item_tokens))
     return tower
 
 

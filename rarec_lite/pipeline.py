@@ -378,14 +378,10 @@ class _Run:
             else:
                 from rarec_lite.alignment import TwoTower
 
-                rng = np.random.default_rng(self.seed)
-                n = self.dataset.num_items
-                sample = np.sort(rng.choice(n, size=min(n, 2048), replace=False))
-                prompts = self.item_prompts("id_direct")
                 tower = TwoTower(self.backbone, None, self.pooling)
-                self._standardization[key] = tower.encode_batched(
-                    [prompts[i] for i in sample], "item", None, int(self.cfg["llm"]["batch_size"]),
-                    int(self.cfg["llm"]["item_max_tokens"]), use_prefix=False, progress=False)
+                self._standardization[key] = tower.sample_text_states(
+                    self.item_prompts("id_direct"), 2048, self.seed, int(self.cfg["llm"]["batch_size"]),
+                    int(self.cfg["llm"]["item_max_tokens"]))
         return self._standardization[key]
 
     def _standardize(self, tower, method: "Method") -> None:
