@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rarec_lite.losses import alignment_loss, bpr_loss, info_nce
+from rarec_lite.losses import alignment_loss, bpr_loss, info_nce, sampled_softmax_loss
 
 
 def _softplus(x: float) -> float:  # -log sigmoid(-x) = log(1 + e^x)
@@ -31,9 +31,10 @@ def test_bpr_matches_a_plain_loop():
     assert bpr_loss(user, item).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     # duplicate targets are not negatives: items 0 and 1 share an id
     ids = torch.tensor([7, 7, 1, 2, 3])
+    # ... and an item present twice is one negative (its first column): rows 2-4 lose column 1
     keep = [_softplus(-(dot(u[i], v[i]) - dot(u[i], v[j]))) for i in range(5) for j in range(5)
-            if j != i and ids[i] != ids[j]]
-    assert len(keep) == 18
+            if j != i and ids[i] != ids[j] and not (j == 1 and ids[i] != 7)]
+    assert len(keep) == 15
     assert bpr_loss(user, item, ids).item() == pytest.approx(sum(keep) / len(keep), rel=1e-5)
 
 
@@ -55,10 +56,35 @@ def test_info_nce_hand_computed():
 def test_info_nce_uninformative_is_log_b_and_duplicates_leave_denominator():
     a = torch.ones(4, 3)
     assert info_nce(a, torch.ones(4, 3), 0.1).item() == pytest.approx(math.log(4), abs=1e-6)
-    # ids 0 and 1 equal: each of them sees 3 candidates instead of 4
+    # ids 0 and 1 equal: every row sees its positive plus one column per distinct other id -> 3
     ids = torch.tensor([5, 5, 6, 7])
-    expected = (2 * math.log(3) + 2 * math.log(4)) / 4
-    assert info_nce(a, torch.ones(4, 3), 0.1, ids).item() == pytest.approx(expected, abs=1e-6)
+    assert info_nce(a, torch.ones(4, 3), 0.1, ids).item() == pytest.approx(math.log(3), abs=1e-6)
+    # the issue's case: ids [7, 3, 7], all-zero logits -> ln 2 for every row (not 0.8283)
+    z = torch.zeros(3, 2)
+    z[:, 0] = 1.0
+    assert info_nce(z, z, 1.0, torch.tensor([7, 3, 7])).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_bpr_with_cached_extra_negatives_by_hand():
+    # B = 2 in-batch + 2 cached extras; extra id 11 equals row 1's target and is not its negative
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    item = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    extra = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    ids, extra_ids = torch.tensor([10, 11]), torch.tensor([12, 11])
+    sp = lambda x: math.log1p(math.exp(-x))  # -log sigmoid(x)  # noqa: E731
+    # row 0: s_00 = 2; negatives s_01 = 0, extra 12: 1, extra 11: 0 -> diffs 2, 1, 2
+    # row 1: s_11 = 1; negatives s_10 = 0, extra 12: 1 (extra 11 is its own item) -> diffs 1, 0
+    want = (sp(2) + sp(1) + sp(2) + sp(1) + sp(0)) / 5
+    got = bpr_loss(user, item, ids, 1.0, extra, extra_ids).item()
+    assert got == pytest.approx(want, rel=1e-6)
+    # sampled softmax over the same candidates: row 0 logits [2, 0, 1, 0] -> CE; row 1 [0, 1, 1]
+    l0 = -2 + math.log(math.exp(2) + 1 + math.e + 1)
+    l1 = -1 + math.log(1 + math.e + math.e)
+    got = sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids).item()
+    assert got == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # equal scores: log(1 + number of negatives)
+    flat = sampled_softmax_loss(torch.zeros(2, 2), torch.zeros(2, 2), ids, 1.0, torch.zeros(2, 2), extra_ids)
+    assert flat.item() == pytest.approx((math.log(4) + math.log(3)) / 2, rel=1e-6)
 
 
 def test_batch_of_one_and_bad_shapes_raise():
