@@ -20,9 +20,13 @@ def test_mostpop_counts_train_items_and_ranks_by_them():
     scores = pop.score([np.array([0]), np.array([], dtype=np.int64)])
     assert scores.shape == (2, 5)
     assert scores[1].tolist() == [1.0, 3.0, 1.0, 1.0, 0.0]
-    # user 0 (history {0}) with target 2: item 1 is above, item 3 ties -> pessimistic rank 2
+    # user 0 (history {0}) with target 2: item 1 is above, item 3 ties -> pessimistic rank 2,
+    # under the default expected rule rank 1 or 2 with probability 1/2 each
     res = evaluate(pop.score, [np.array([0]), np.array([2])], np.array([2, 1]), 5, ks=(1, 2))
-    assert res.ranks.tolist() == [2, 0]
+    assert res.ranks.tolist() == [1, 0] and res.tied.tolist() == [1, 0]
+    assert res.per_user("HR@2").tolist() == [0.5, 1.0]
+    assert evaluate(pop.score, [np.array([0]), np.array([2])], np.array([2, 1]), 5, ks=(1, 2),
+                    ties="pessimistic").ranks.tolist() == [2, 0]
     # scores are a fresh tensor: masking one batch cannot corrupt the next
     s = pop.score([np.array([0])])
     s[0, 1] = -1.0
