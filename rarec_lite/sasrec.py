@@ -387,7 +387,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
             * ``item_embeddings.safetensors``: ``embeddings`` ``(I, d)`` float32.
             * ``user_embeddings.safetensors``: ``embeddings`` ``(U, d)``, the encoding of each
               user's test history ``s[:-1]`` (the last ``max_len`` items).
-            * ``ranks.safetensors``: per-user 0-based ``valid``/``test`` ranks (for paired tests).
+            * ``ranks.safetensors``: per-user ``valid``/``test`` ranks and ``valid_tied``/``test_tied``
+              tie counts (:class:`rarec_lite.metrics.EvalResult` ``ranks``/``tied``; metadata ``ties``).
             * ``metrics.json``: valid and test full-ranking metrics, epochs run, best epoch,
               train seconds (this process plus earlier resumed ones), config.
         device: ``"cpu"`` or ``"cuda"``.
@@ -512,8 +513,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     save_checkpoint(out_dir / "user_embeddings.safetensors", {"embeddings": users.float()},
                     {"shape": [num_users, config.hidden], "source": "SASRec encode(test history s[:-1])"})
     save_checkpoint(out_dir / "ranks.safetensors",
-                    {"valid": torch.from_numpy(valid.ranks), "test": torch.from_numpy(test.ranks)},
-                    {"protocol": "full-ranking"})
+                    {"valid": torch.from_numpy(valid.ranks), "test": torch.from_numpy(test.ranks),
+                     "valid_tied": torch.from_numpy(valid.tied), "test_tied": torch.from_numpy(test.tied)},
+                    {"protocol": "full-ranking", "ties": test.ties})
     metrics = {
         "model": "SASRec",
         "valid": valid.to_dict(),
