@@ -44,10 +44,18 @@ __all__ = ["METHODS", "Method", "load_config", "config_path", "run_pipeline", "f
 
 
 # ------------------------------------------------------------------------------------ configs
+def _sasrec_defaults() -> dict:
+    """The ``[sasrec]`` defaults: the fields of :class:`rarec_lite.sasrec.SASRecConfig` but ``seed`` (top level)."""
+    from dataclasses import asdict
+
+    from rarec_lite.sasrec import SASRecConfig
+
+    return {k: v for k, v in asdict(SASRecConfig()).items() if k != "seed"}
+
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"dataset": "cloth", "max_users": 0, "synthetic_fallback": False},
-    "sasrec": {"hidden": 64, "max_len": 50, "num_layers": 2, "num_heads": 1, "dropout": 0.2, "lr": 1e-3,
-               "epochs": 30, "patience": 3, "batch_size": 256, "loss": "ce"},
+    "sasrec": _sasrec_defaults(),  # SASRec's defaults live in one place: rarec_lite.sasrec.SASRecConfig
     "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256},
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
@@ -232,17 +240,13 @@ class _Run:
 
     # -- stage 2: SASRec ------------------------------------------------------------------
     def load_sasrec(self) -> None:
-        from rarec_lite.sasrec import load_sasrec, train_sasrec
+        # one trained encoder per data + hyper-parameters in $RAREC_HOME/runs, shared with the notebooks
+        from rarec_lite.sasrec import cached_sasrec_run
 
-        run_dir = self.out / "sasrec"
-        if (run_dir / "metrics.json").exists():
-            _log(f"SASRec: reusing {run_dir}")
-            self.sasrec = load_sasrec(run_dir)
-            self.sasrec_metrics = read_json(run_dir / "metrics.json")
-        else:
-            _log("SASRec: training")
-            run = train_sasrec(self.dataset, run_dir, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
-            self.sasrec, self.sasrec_metrics = run.model, run.metrics
+        run = cached_sasrec_run(self.dataset, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
+        _log(f"SASRec: {'reusing' if run.reused else 'trained'} {run.out_dir} "
+             f"(best epoch {run.metrics['best_epoch']} of {run.metrics['epochs']})")
+        self.sasrec, self.sasrec_metrics = run.model, run.metrics
         self.sasrec.eval()
 
     def user_id_embeddings(self, histories: list) -> torch.Tensor:
