@@ -22,6 +22,23 @@ the same budget), ``use_instruction=False`` (w/o contextual instruction), ``laye
 (one projector shared by all layers). ``lam = 0`` (w/o InfoNCE) is a training option
 (:mod:`rarec_lite.train`).
 
+**Starting from the zero-shot model: the gate.** Every prefix slot's attention logit gets a
+learnable per-tower bias ``g`` (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_bias``),
+very negative at step 0 (``gate_init``): the text attends to the soft prompt with weight about
+``exp(gate_init)``, so the untrained model ranks like the zero-shot two-tower (measured: see the
+README), whatever the random prefix vectors. During a warm-up the trainer lifts this offset
+linearly to 0 (the prefix vectors keep getting gradients all along, scaled by that weight;
+AdamW's normalisation makes their steps the usual size), and a learned per-tower scalar adjusts
+the final opening (:meth:`RAAlignment.prefix_bias`). Without it
+(``gate_init=None``), N(0, s^2) prefixes perturb every layer from step 0: an untrained no-ID prefix
+dropped zero-shot HR@10 on Clothing from 0.078 to 0.021-0.045 (RA-Rec issue, two seeds).
+
+**The ID-side representation** ``d^(l)`` (:meth:`RAAlignment.id_representations`), what the layer's
+soft prompt carries about this user/item: the mean of the ``n_id`` reparameterized vectors of
+layer ``l`` (the paper's contextualised ID representation; the contextual instruction is the same
+for every user, so it carries nothing that tells two users apart). InfoNCE (:mod:`rarec_lite.losses`)
+pulls it towards the text-only representation of the same user/item at the input of layer ``l``.
+
 **Initialisation.** Prefix vectors should look like the hidden states they stand in for. We
 draw ``C_l ~ N(0, s_l^2)`` and ``W_l ~ N(0, s_l^2 / id_dim)``, ``b_l = 0``, so a prefix vector
 has per-coordinate RMS about ``s_l`` (times the RMS of ``e`` for the ID tokens). ``s_l`` is
@@ -58,10 +75,14 @@ class RAAlignment(nn.Module):
         use_id: include the ID tokens (False = the "without ID representation" ablation).
         init_scale: target per-coordinate RMS of the prefix vectors: a float, or a sequence
             of L floats (one per layer). See the module docstring.
+        gate_init: initial attention-logit bias of the prefix slots, one learnable scalar per
+            tower (``None``: no gate, the prefix is fully visible from step 0). See the module
+            docstring.
 
     Trainable parameters (both towers; formula of :meth:`expected_num_params`):
     ``2 * ( use_instruction * L * n_instr * H + use_id * L' * (d + 1) * n_id * H )`` with
-    ``L' = L`` if ``layer_specific`` else 1.
+    ``L' = L`` if ``layer_specific`` else 1; plus one gate scalar per tower when ``gate_init``
+    is not ``None``.
 
     Raises:
         ValueError: both ``use_id`` and ``use_instruction`` off (nothing to train: use
@@ -74,7 +95,8 @@ class RAAlignment(nn.Module):
 
     def __init__(self, info: Any, id_dim: int, num_id_tokens: int = 1, num_instruction_tokens: int = 4,
                  layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
-                 init_scale: float | Sequence[float] = 1.0, seed: int | None = 0):
+                 init_scale: float | Sequence[float] = 1.0, seed: int | None = 0,
+                 gate_init: float | None = -12.0):
         super().__init__()
         if not (use_id or use_instruction):
             raise ValueError("use_id and use_instruction are both False: nothing to train "
@@ -98,6 +120,14 @@ class RAAlignment(nn.Module):
         if len(scales) != L:
             raise ValueError(f"init_scale has {len(scales)} values; the backbone has {L} layers")
         self.init_scale = scales
+        # gate: bias = g + gate_offset; g is learned (starts at 0), gate_offset is set by the trainer:
+        # gate_init at step 0, rising linearly to 0 over the warm-up (train.TrainConfig.gate_warmup), 0 after
+        self.gate_init = None if gate_init is None else float(gate_init)
+        self.gate_offset = 0.0 if gate_init is None else float(gate_init)  # an untrained module is closed
+        self.gate = nn.ParameterDict()
+        if gate_init is not None:
+            for tower in TOWERS:
+                self.gate[tower] = nn.Parameter(torch.tensor(0.0))
 
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         # contextual instruction: per tower, a (L, n_instr, H) tensor, row l for layer l
@@ -130,17 +160,19 @@ class RAAlignment(nn.Module):
     @staticmethod
     def expected_num_params(num_layers: int, hidden_size: int, id_dim: int, num_id_tokens: int = 1,
                             num_instruction_tokens: int = 4, layer_specific: bool = True,
-                            use_instruction: bool = True, use_id: bool = True, num_towers: int = 2) -> int:
+                            use_instruction: bool = True, use_id: bool = True, num_towers: int = 2,
+                            gate: bool = True) -> int:
         """Closed form of the trainable-parameter count.
 
         ``towers * ( use_instruction * L * n_instr * H  +  use_id * L' * (d + 1) * n_id * H )``,
-        ``L' = L`` when ``layer_specific`` else 1 (``d + 1``: weight + bias of the linear map).
-        SmolLM2 first 8 layers (H = 576), d = 64, n_id = 1, n_instr = 4: 2 * (18,432 + 299,520)
-        = 635,904.
+        ``L' = L`` when ``layer_specific`` else 1 (``d + 1``: weight + bias of the linear map),
+        ``+ towers`` with the gate (one scalar per tower).
+        SmolLM2 first 8 layers (H = 576), d = 64, n_id = 1, n_instr = 4, no gate: 2 * (18,432 +
+        299,520) = 635,904.
         """
         maps = num_layers if layer_specific else 1
         per_tower = (int(use_instruction) * num_layers * num_instruction_tokens * hidden_size
-                     + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size)
+                     + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size + int(gate))
         return num_towers * per_tower
 
     def num_trainable(self) -> int:
@@ -191,9 +223,46 @@ class RAAlignment(nn.Module):
             out.append(torch.cat(parts, dim=1))
         return out
 
+    def prefix_bias(self, tower: str) -> torch.Tensor | None:
+        """The tower's gate: a 0-d tensor added to every prefix slot's attention logit (or ``None``).
+
+        ``bias = g_tower + gate_offset``: ``g`` is trained (starts at 0); ``gate_offset`` is not a
+        parameter but a schedule the trainer sets (:class:`rarec_lite.train.TrainConfig`
+        ``gate_warmup``): ``gate_init`` for an untrained module, rising linearly to 0 during the
+        warm-up, 0 once trained. A purely learned gate starting at ``gate_init`` does not work:
+        a random prefix first makes the loss worse, so the gate closes further and the prefix
+        never gets a chance (measured on tiny LLaMA: the gate ran from -12 to -38, below float32
+        resolution, and BPR never moved)."""
+        if tower not in self.gate:
+            return None
+        return self.gate[tower] + self.gate_offset
+
+    def id_representations(self, tower: str, id_emb: torch.Tensor) -> list[torch.Tensor]:
+        """The ID-side representation ``d^(l)`` of every layer: L tensors (B, H).
+
+        ``d^(l)`` is the mean over the ``n_id`` ID slots of layer ``l``'s reparameterized vectors
+        ``W_l e + b_l``: exactly what the soft prompt carries about this user/item (see the
+        module docstring). InfoNCE contrasts it with the text-only representation.
+
+        Raises:
+            ValueError: the module has no ID representation (``use_id=False``), or ``id_emb``
+                is not (B, d).
+        """
+        if not self.use_id:
+            raise ValueError("id_representations: this alignment has no ID representation (use_id=False)")
+        if id_emb.dim() != 2 or id_emb.shape[1] != self.id_dim:
+            raise ValueError(f"{tower} tower: id_emb must be (B, {self.id_dim}); got {tuple(id_emb.shape)}")
+        out = []
+        for layer in range(self.num_layers):
+            lin = self.reparam[tower][layer if self.layer_specific else 0]
+            d = lin(id_emb.to(lin.weight.device, lin.weight.dtype))
+            out.append(d.view(id_emb.shape[0], self.num_id_tokens, self.hidden_size).mean(dim=1))
+        return out
+
     def extra_repr(self) -> str:
         return (f"L={self.num_layers}, H={self.hidden_size}, id_dim={self.id_dim}, n_id={self.num_id_tokens}, "
-                f"n_instr={self.num_instruction_tokens}, layer_specific={self.layer_specific}")
+                f"n_instr={self.num_instruction_tokens}, layer_specific={self.layer_specific}, "
+                f"gate={'on' if len(self.gate) else 'off'}")
 
 
 def _torch_dtype(name: Any) -> torch.dtype:
@@ -205,9 +274,10 @@ def _torch_dtype(name: Any) -> torch.dtype:
 class TwoTower(nn.Module):
     """Two towers over one frozen LLM: user = hybrid prompt, item = item text (+ soft prompts).
 
-    ``score(u, i) = <z(pool(h_L^user)), z(pool(h_L^item))>``, the dot product of the pooled final
-    hidden states, where ``z`` is the identity (the paper's raw dot product) or, after
-    :meth:`set_standardization`, a fixed per-dimension standardisation ``z(x) = (x - mu) / sigma``.
+    ``score(u, i) = <z_user(pool(h_L^user)), z_item(pool(h_L^item))>``, the dot product of the pooled
+    final hidden states, where ``z`` is the identity (the paper's raw dot product) or, after
+    :meth:`set_standardization`, a fixed per-dimension standardisation ``z_t(x) = (x - mu_t) / sigma_t``
+    with statistics of each tower's own states (``t`` = user or item).
     With ``alignment=None`` (zero-shot ID Direct / ID Translation) the towers are the plain LLM.
 
     **Why standardise.** The hidden states of a small LLM are anisotropic: a few "massive
@@ -216,8 +286,12 @@ class TwoTower(nn.Module):
     user's catalogue in nearly the same order. Measured on Clothing (1,000 test users, first 6
     layers, mean pooling, zero-shot ID Translation): HR@100 0.004 raw (chance is 0.0043) vs 0.048
     standardised with the catalogue's text-only statistics. ``mu`` and ``sigma`` are fixed
-    statistics of text-only item states, never trained (the diagonal form of BERT-whitening,
-    Su et al. 2021, arXiv 2103.15316; massive activations: Sun et al. 2024, arXiv 2402.17762).
+    statistics, never trained (the diagonal form of BERT-whitening, Su et al. 2021, arXiv
+    2103.15316; massive activations: Sun et al. 2024, arXiv 2402.17762). **Per tower**: user states
+    and item states come from different prompts (and soft prompts), so each tower is centred on
+    its own mean; with the items' statistics on both sides, each user's scores kept a 0.66
+    correlation with one user-independent item term (RA-Rec issue, item 5). The pipeline takes
+    the user statistics from training users' prompts only and recomputes both after training.
 
     Args:
         backbone: a :class:`rarec_lite.llm.Backbone` (frozen ``model``, ``tokenizer``, ``info``).
@@ -250,30 +324,49 @@ class TwoTower(nn.Module):
         self.pooling = pooling
         self.device = torch.device(info.device if info.device != "auto" else "cpu")
         self.dtype = _torch_dtype(info.compute_dtype)
-        self.mu: torch.Tensor | None = None  # (H,) standardisation statistics, see set_standardization
-        self.sigma: torch.Tensor | None = None
+        # per tower: (mu (H,), sigma (H,)) standardisation statistics, see set_standardization
+        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- scoring ---------------------------------------------------------------------------
-    def set_standardization(self, states: torch.Tensor | None, eps: float = 1e-6) -> "TwoTower":
-        """Fix ``mu`` and ``sigma`` (each ``(H,)``) to the per-dimension mean and standard deviation
-        of ``states`` (``(N, H)``, e.g. text-only item states of the catalogue or of a sample of
-        it); ``None`` switches standardisation off (the raw dot product). Returns ``self``.
+    @staticmethod
+    def _moments(states: torch.Tensor, h: int, eps: float, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if states.dim() != 2 or states.shape[1] != h or states.shape[0] < 2:
+            raise ValueError(f"set_standardization: {what} states must be (N >= 2, {h}); got {tuple(states.shape)}")
+        states = states.detach().float().cpu()
+        return states.mean(0), states.std(0).clamp_min(eps)
+
+    def set_standardization(self, states: torch.Tensor | None, user_states: torch.Tensor | None = None,
+                            eps: float = 1e-6) -> "TwoTower":
+        """Fix each tower's ``mu`` and ``sigma`` (each ``(H,)``): the per-dimension mean and standard
+        deviation of ``states`` (``(N, H)`` item-tower states, e.g. the catalogue's) for the item
+        tower and of ``user_states`` (``(M, H)`` user-tower states of training users) for the user
+        tower; without ``user_states`` the user tower uses the item statistics too (the course's
+        first, simpler form). ``states=None`` switches standardisation off (the raw dot product).
+        Returns ``self``.
 
         The statistics are detached copies: they are data, not parameters, and never train.
 
         Raises:
-            ValueError: ``states`` is not ``(N, H)`` with ``N >= 2`` and ``H`` the backbone's width.
+            ValueError: states that are not ``(N >= 2, H)`` with ``H`` the backbone's width.
         """
         if states is None:
-            self.mu = self.sigma = None
+            self.stats = {}
             return self
         h = self.backbone.info.hidden_size
-        if states.dim() != 2 or states.shape[1] != h or states.shape[0] < 2:
-            raise ValueError(f"set_standardization: states must be (N >= 2, {h}); got {tuple(states.shape)}")
-        states = states.detach().float().cpu()
-        self.mu = states.mean(0)
-        self.sigma = states.std(0).clamp_min(eps)
+        item = self._moments(states, h, eps, "item")
+        user = self._moments(user_states, h, eps, "user") if user_states is not None else item
+        self.stats = {"item": item, "user": user}
         return self
+
+    @property
+    def mu(self) -> torch.Tensor | None:
+        """The item tower's mean (``None`` when not standardised)."""
+        return self.stats["item"][0] if self.stats else None
+
+    @property
+    def sigma(self) -> torch.Tensor | None:
+        """The item tower's standard deviation (``None`` when not standardised)."""
+        return self.stats["item"][1] if self.stats else None
 
     def sample_text_states(self, texts: Sequence[str], n: int, seed: int, batch_size: int = 64,
                            max_tokens: int | None = None) -> torch.Tensor:
@@ -286,17 +379,20 @@ class TwoTower(nn.Module):
         return self.encode_batched([texts[i] for i in idx], "item", None, batch_size, max_tokens,
                                    use_prefix=False, progress=False)
 
-    def standardize(self, vecs: torch.Tensor) -> torch.Tensor:
-        """``(vecs - mu) / sigma`` row-wise (``(N, H)`` -> ``(N, H)``), or ``vecs`` unchanged when no
-        statistics are set. Differentiable: training's BPR sees the same scores as the evaluation."""
-        if self.mu is None:
+    def standardize(self, vecs: torch.Tensor, tower: str = "item") -> torch.Tensor:
+        """``(vecs - mu_t) / sigma_t`` row-wise with tower ``t``'s statistics (``(N, H)`` -> ``(N, H)``),
+        or ``vecs`` unchanged when none are set. Differentiable: training's ranking loss sees the
+        same scores as the evaluation."""
+        if tower not in TOWERS:
+            raise ValueError(f"tower must be one of {TOWERS}; got {tower!r}")
+        if not self.stats:
             return vecs
-        mu, sigma = self.mu.to(vecs.device, vecs.dtype), self.sigma.to(vecs.device, vecs.dtype)
+        mu, sigma = (x.to(vecs.device, vecs.dtype) for x in self.stats[tower])
         return (vecs - mu) / sigma
 
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        """Two-tower scores ``z(u) @ z(i).T``: (U, H) x (I, H) -> (U, I) (see the class docstring)."""
-        return self.standardize(user_vecs) @ self.standardize(item_vecs).T
+        """Two-tower scores ``z_user(u) @ z_item(i).T``: (U, H) x (I, H) -> (U, I) (see the class docstring)."""
+        return self.standardize(user_vecs, "user") @ self.standardize(item_vecs, "item").T
 
     # -- tokenising ------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,28 +413,29 @@ class TwoTower(nn.Module):
             texts: B prompts.
             tower: ``"user"`` or ``"item"``.
             id_emb: (B, d) ID embeddings for the soft prompt (see :meth:`RAAlignment.prefixes`).
-            per_layer: also return the pooled output of every layer.
+            per_layer: also return the pooled **input** of every layer (the states a prefix of
+                that layer stands beside; InfoNCE's text-only side).
             max_tokens: truncate prompts to this many tokens.
             use_prefix: False = text only (no soft prompt), whatever the alignment.
 
         Returns:
-            ``final`` (B, H) float32, or ``(final, [layer_1, ..., layer_L])`` with each
-            (B, H) when ``per_layer`` (the output of layer l; ``layer_L`` is the last layer's
-            output as the backbone returns it, which may differ from ``final`` by a final norm).
+            ``final`` (B, H) float32, or ``(final, [in_1, ..., in_L])`` with each (B, H) when
+            ``per_layer``: ``in_l`` is the pooled input of layer ``l`` (``in_1`` the token embeddings).
         """
         from rarec_lite.prefix import forward_with_prefix, pool
 
         if len(texts) == 0:
             raise ValueError("encode: no texts")
         input_ids, mask = self.tokenize(texts, max_tokens)
-        prefixes = None
+        prefixes = bias = None
         if use_prefix and self.alignment is not None:
             prefixes = [p.to(self.device, self.dtype) for p in self.alignment.prefixes(tower, id_emb, len(texts))]
-        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes)
+            bias = self.alignment.prefix_bias(tower)
+        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias)
         final = pool(hidden[-1], mask, how=self.pooling).float()
         if not per_layer:
             return final
-        return final, [pool(h, mask, how=self.pooling).float() for h in hidden[1:]]
+        return final, [pool(h, mask, how=self.pooling).float() for h in hidden[:-1]]
 
     def encode_users(self, prompts: Sequence[str], id_emb: torch.Tensor | None = None, per_layer: bool = False,
                      max_tokens: int | None = None):

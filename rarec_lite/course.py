@@ -384,7 +384,7 @@ def ranking_recommender(user_vecs, item_vecs, users, dataset, k: int = 50, tower
     import torch
 
     if tower is not None:
-        user_vecs, item_vecs = tower.standardize(user_vecs), tower.standardize(item_vecs)
+        user_vecs, item_vecs = tower.standardize(user_vecs, "user"), tower.standardize(item_vecs, "item")
 
     row = {int(u): r for r, u in enumerate(users)}
     split = dataset.split()

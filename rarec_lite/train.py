@@ -2,18 +2,27 @@
 
 Read :func:`train_alignment` top to bottom; it is the whole loop:
 
+0. every ``refresh_every`` steps: encode a fresh uniform sample of catalogue items through the
+   current item tower without gradient (the **negative cache**) and, with ``restandardize``,
+   recompute both towers' standardisation statistics from it and from a sample of training
+   users' prompts (so the loss always scores what the evaluation will);
 1. take a batch of :class:`~rarec_lite.sampling.Sample` (user history -> target item);
 2. user tower: the hybrid prompt of the sample + the frozen SASRec embedding of its history;
    item tower: the target's text prompt + the target's frozen SASRec item embedding; the pooled
-   final states go through the tower's fixed standardisation when it has one
+   final states go through each tower's standardisation when it has one
    (:meth:`rarec_lite.alignment.TwoTower.set_standardization`), as in the evaluation;
-3. loss = BPR over in-batch negatives + lambda * InfoNCE, per layer, between each tower's
-   hybrid representation and the cached text-only representation of the same user / item
+3. loss = ranking loss (BPR, or sampled softmax) over the in-batch targets **and** the cached
+   negatives + lambda * InfoNCE, per layer, between each tower's ID-side representation (what
+   the soft prompt carries) and the cached text-only representation of the same user / item
    (:func:`rarec_lite.losses.alignment_loss`);
-4. AdamW step on the alignment parameters only (the LLM and SASRec are frozen);
+4. AdamW step on the alignment parameters only (the LLM and SASRec are frozen), learning rate
+   with linear warm-up and cosine decay; after the first step, a **gradient guard**: every
+   trainable tensor must have received a finite, non-zero gradient, else a clear error
+   (a frozen 4-bit layer that silently passes no gradient trains nothing);
 5. every ``checkpoint_every`` steps and at the end, an atomic checkpoint
-   (``out_dir/checkpoint.safetensors``: parameters, AdamW state, step, RNG state, losses).
-   Calling the function again with the same ``out_dir`` resumes exactly where it stopped.
+   (``out_dir/checkpoint.safetensors``: parameters, AdamW state, step, RNG state, losses, the
+   negative cache and the statistics). Calling the function again with the same ``out_dir``
+   resumes exactly where it stopped.
 
 Source: RA-Rec (Yu et al. 2024, arXiv 2402.04527), Sec. 3 (training objective).
 """
@@ -27,13 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from rarec_lite.files import atomic_write_json, load_checkpoint, save_checkpoint
 from rarec_lite.losses import alignment_loss
 from rarec_lite.sampling import Sample
 
-__all__ = ["TrainConfig", "TrainResult", "TextCache", "build_text_cache", "train_alignment", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "TrainResult", "TextCache", "build_text_cache", "train_alignment", "check_gradients",
+           "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -59,6 +70,20 @@ class TrainConfig:
         grad_clip: max global gradient norm (``None`` = no clipping).
         log_every: steps between progress-bar loss updates.
         checkpoint_every: steps between checkpoints (one is always written at the end).
+        rank_loss: ``"bpr"`` (the paper's) or ``"softmax"`` (sampled softmax, :mod:`rarec_lite.losses`).
+        negatives: cached uniformly sampled catalogue items used as extra negatives of every
+            row (0 = in-batch negatives only).
+        refresh_every: steps between refreshes of the negative cache (and of the statistics).
+        restandardize: recompute both towers' standardisation statistics at every refresh
+            (only when the tower is standardised).
+        stats_users: training users' prompts encoded for the user statistics at a refresh.
+        warmup: share of the steps with a linear learning-rate warm-up (then cosine decay to 0;
+            ``schedule="constant"`` keeps ``lr``).
+        schedule: ``"cosine"`` or ``"constant"``.
+        gate_lr_scale: the learned gate (one scalar per tower, :class:`rarec_lite.alignment.RAAlignment`)
+            trains with ``lr * gate_lr_scale`` (a logit: steps of ``lr`` would barely move it).
+        gate_warmup: share of the steps over which the gate's offset rises linearly from the
+            module's ``gate_init`` (the zero-shot model) to 0.
     """
 
     steps: int = 100
@@ -75,10 +100,40 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     log_every: int = 10
     checkpoint_every: int = 50
+    rank_loss: str = "bpr"
+    negatives: int = 0
+    refresh_every: int = 50
+    restandardize: bool = True
+    stats_users: int = 256
+    warmup: float = 0.1
+    schedule: str = "cosine"
+    gate_lr_scale: float = 10.0
+    gate_warmup: float = 0.3
 
-    # fields that must match to resume a checkpoint (the others may change, e.g. more steps)
+    # fields that must match to resume a checkpoint (the others may change; more steps are allowed,
+    # and then the lr schedule and the gate warm-up follow the new total)
     RESUME_KEYS = ("batch_size", "lr", "weight_decay", "lam", "temperature", "score_scale", "seed",
-                   "max_user_tokens", "max_item_tokens", "grad_clip")
+                   "max_user_tokens", "max_item_tokens", "grad_clip", "rank_loss", "negatives", "refresh_every",
+                   "restandardize", "stats_users", "warmup", "schedule", "gate_lr_scale", "gate_warmup")
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of ``lr`` at 0-based ``step`` of ``total``: linear warm-up over
+        ``warmup * total`` steps, then cosine decay to 0 (``schedule="cosine"``), or 1."""
+        if self.schedule == "constant":
+            return 1.0
+        warm = max(1, int(round(self.warmup * total)))
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def gate_offset(self, step: int, total: int, gate_init: float | None) -> float:
+        """The gate's offset at 0-based ``step``: ``gate_init`` at step 0, linearly to 0 at
+        ``gate_warmup * total`` steps, then 0 (0 when there is no gate)."""
+        if gate_init is None:
+            return 0.0
+        warm = self.gate_warmup * total
+        return 0.0 if warm <= 0 or step >= warm else gate_init * (1.0 - step / warm)
 
     def total_steps(self, num_samples: int) -> int:
         """Steps to run for ``num_samples`` samples."""
@@ -121,9 +176,9 @@ class TextCache:
     """Text-only per-layer representations (InfoNCE's fixed side), computed once.
 
     Attributes:
-        user_layers: (N, L, H) pooled states of each sample's text-only user prompt, row k =
-            ``samples[k]``.
-        item_layers: (M, L, H) pooled states of the text-only item prompts of ``item_ids``.
+        user_layers: (N, L, H) pooled states of each sample's text-only user prompt at the
+            input of every layer (:meth:`rarec_lite.alignment.TwoTower.encode`), row k = ``samples[k]``.
+        item_layers: (M, L, H) the same for the text-only item prompts of ``item_ids``.
         item_ids: (M,) int64 item ids of the rows of ``item_layers``.
     """
 
@@ -142,6 +197,15 @@ class TextCache:
         except KeyError as exc:
             raise KeyError(f"item {exc.args[0]} is not in the text cache") from None
         return self.item_layers[rows]
+
+    def layer_stats(self, side: str, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer mean and standard deviation ``(L, H)`` each of the ``"user"`` or ``"item"``
+        rows: InfoNCE compares standardised states at each layer (a few massive-activation
+        dimensions would otherwise make every cosine close to 1)."""
+        x = (self.user_layers if side == "user" else self.item_layers).float()
+        if x.shape[0] < 2:
+            return x.mean(0), torch.ones_like(x[0])
+        return x.mean(0), x.std(0).clamp_min(eps)
 
     def save(self, path: str | Path) -> Path:
         """Atomic safetensors file."""
@@ -190,7 +254,7 @@ def _batch_indices(step: int, num_samples: int, batch_size: int, seed: int) -> l
 
 
 def _save(path: Path, alignment, optimizer, step: int, history: dict, seconds: float, cfg: TrainConfig,
-          num_samples: int) -> None:
+          num_samples: int, extra: dict[str, torch.Tensor]) -> None:
     tensors = {f"alignment.{k}": v for k, v in alignment.state_dict().items()}
     opt = optimizer.state_dict()
     scalars = {}
@@ -201,12 +265,13 @@ def _save(path: Path, alignment, optimizer, step: int, history: dict, seconds: f
             else:
                 scalars[f"{idx}.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update({f"refresh.{k}": v.contiguous() for k, v in extra.items()})
     meta = {"step": step, "seconds": seconds, "history": history, "config": dataclasses.asdict(cfg),
             "num_samples": num_samples, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     save_checkpoint(path, tensors, meta)
 
 
-def _load(path: Path, alignment, optimizer, cfg: TrainConfig, num_samples: int) -> tuple[int, dict, float]:
+def _load(path: Path, alignment, optimizer, cfg: TrainConfig, num_samples: int) -> tuple[int, dict, float, dict]:
     tensors, meta = load_checkpoint(path)
     old = meta.get("config", {})
     changed = [k for k in TrainConfig.RESUME_KEYS if old.get(k) != getattr(cfg, k)]
@@ -232,19 +297,59 @@ def _load(path: Path, alignment, optimizer, cfg: TrainConfig, num_samples: int) 
             g["betas"] = tuple(g["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"]), meta["history"], float(meta["seconds"])
+    extra = {k[len("refresh."):]: v for k, v in tensors.items() if k.startswith("refresh.")}
+    return int(meta["step"]), meta["history"], float(meta["seconds"]), extra
 
 
-# ------------------------------------------------------------------------------------- the loop
+def check_gradients(named_params, backbone_info) -> None:
+    """The gradient guard: every trainable tensor must have a finite, non-zero gradient.
+
+    Called after the first backward pass of :func:`train_alignment`. A frozen 4-bit layer that
+    silently passes no gradient back (bitsandbytes 0.50.2 on CPUs with AVX512-BF16, after a
+    forward pass under ``torch.no_grad()``: :func:`rarec_lite.llm.load_backbone` switches that path
+    off) would otherwise train nothing while the report still counts the parameters.
+
+    Args:
+        named_params: ``(name, parameter)`` pairs of the trainable module.
+        backbone_info: the backbone's :class:`rarec_lite.llm.BackboneInfo` (named in the error).
+
+    Raises:
+        RuntimeError: names the tensors without gradient, with zero gradient or with NaN/inf, the
+            backbone and its quantization, and the likely causes.
+    """
+    missing, zero, bad = [], [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            missing.append(name)
+        elif not torch.isfinite(p.grad).all():
+            bad.append(name)
+        elif not p.grad.abs().sum() > 0:
+            zero.append(name)
+    if missing or zero or bad:
+        parts = [f"{what}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                 for what, names in (("no gradient", missing), ("zero gradient", zero), ("NaN/inf gradient", bad))
+                 if names]
+        name = getattr(backbone_info, "name", "?")
+        quant = getattr(backbone_info, "quantization", None) or "none"
+        raise RuntimeError(
+            f"gradient guard after the first step: {'; '.join(parts)} (backbone {name}, quantization {quant}). "
+            "Likely causes: a 4-bit layer that passes no gradient back (bitsandbytes' CPU path for AVX512-BF16 "
+            "after a no-grad pass: load the backbone with rarec_lite.llm.load_backbone, or use quantization=None), "
+            "a detached prefix, or NaNs from fp16 overflow. Nothing was trained.")
+
+
 def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str], item_prompts: Sequence[str],
                     user_id_emb_fn: Callable[[Sequence[Sample]], torch.Tensor] | torch.Tensor | None,
                     item_id_emb: torch.Tensor | None, text_cache: TextCache | None, cfg: TrainConfig,
                     out_dir: str | Path, progress: bool | None = None) -> TrainResult:
-    """Train ``tower.alignment`` with BPR + lambda * InfoNCE; resume from ``out_dir/checkpoint.safetensors``.
+    """Train ``tower.alignment`` with a ranking loss + lambda * InfoNCE; resume from ``out_dir/checkpoint.safetensors``.
 
     Args:
         tower: :class:`rarec_lite.alignment.TwoTower` with an alignment module (the only
-            part that trains).
+            part that trains). Its standardisation statistics are refreshed in place when
+            ``cfg.restandardize`` (and the tower has statistics).
         samples: N training samples (see :mod:`rarec_lite.sampling`).
         user_prompts: N hybrid user prompts, ``user_prompts[k]`` for ``samples[k]``.
         item_prompts: the item prompt of every item (index = item id).
@@ -263,8 +368,10 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
 
     Raises:
         ValueError: no alignment; fewer than 2 samples; prompt/sample counts differ; missing
-            ID embeddings or text cache; a checkpoint written with a different config.
-        RuntimeError: a backbone parameter would be optimised (it must be frozen).
+            ID embeddings or text cache; InfoNCE asked without an ID representation; a
+            checkpoint written with a different config.
+        RuntimeError: a backbone parameter would be optimised (it must be frozen), or the
+            gradient guard fails (:func:`check_gradients`).
     """
     from tqdm.auto import tqdm
 
@@ -279,6 +386,9 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
     if alignment.use_id and (user_id_emb_fn is None or item_id_emb is None):
         raise ValueError("use_id=True needs user_id_emb_fn and item_id_emb")
     if cfg.lam > 0:
+        if not alignment.use_id:
+            raise ValueError("InfoNCE (lam > 0) contrasts the ID representation with the text: it needs use_id=True "
+                             "(train the no-ID prefix with lam=0)")
         if text_cache is None:
             raise ValueError("cfg.lam > 0 needs a text_cache (build_text_cache)")
         if text_cache.user_layers.shape[0] != n:
@@ -288,20 +398,61 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         raise ValueError(f"batch_size must be >= 2; got {cfg.batch_size}")
 
     # only the alignment parameters train; the LLM (and SASRec, whose outputs we detach) stay frozen
-    params = [p for p in alignment.parameters() if p.requires_grad]
+    named = [(k, p) for k, p in alignment.named_parameters() if p.requires_grad]
     frozen = {id(p) for p in tower.backbone.model.parameters()}
-    if frozen & {id(p) for p in params} or any(p.requires_grad for p in tower.backbone.model.parameters()):
+    if frozen & {id(p) for _, p in named} or any(p.requires_grad for p in tower.backbone.model.parameters()):
         raise RuntimeError("a backbone parameter requires grad or is in the optimizer; the LLM must be frozen")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gates = [p for k, p in named if k.startswith("gate.")]
+    others = [p for k, p in named if not k.startswith("gate.")]
+    groups = [{"params": others, "lr": cfg.lr, "base_lr": cfg.lr}]
+    if gates:
+        groups.append({"params": gates, "lr": cfg.lr * cfg.gate_lr_scale, "base_lr": cfg.lr * cfg.gate_lr_scale,
+                       "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def user_ids_emb(idx: list[int]) -> torch.Tensor | None:
+        if not alignment.use_id:
+            return None
+        emb = user_id_emb_fn[idx] if torch.is_tensor(user_id_emb_fn) else user_id_emb_fn([samples[i] for i in idx])
+        return emb.detach()
+
+    num_items = len(item_prompts)
+    standardized = bool(tower.stats)
+
+    def refresh(k: int) -> dict[str, torch.Tensor]:
+        """Negative cache + statistics for refresh ``k`` (a seeded draw: the same on resume)."""
+        rng = np.random.default_rng([cfg.seed, 7919, k])
+        want = max(cfg.negatives, min(4 * cfg.stats_users, num_items) if (standardized and cfg.restandardize) else 0)
+        if want == 0:
+            return {"refresh": torch.tensor(k)}
+        ids = np.sort(rng.choice(num_items, size=min(want, num_items), replace=False))
+        emb = item_id_emb[torch.as_tensor(ids)].detach() if alignment.use_id else None
+        alignment.eval()
+        states = tower.encode_batched([item_prompts[i] for i in ids], "item", emb, 64, cfg.max_item_tokens,
+                                      progress=False)
+        out = {"refresh": torch.tensor(k), "neg_ids": torch.as_tensor(ids, dtype=torch.int64), "neg_states": states}
+        if standardized and cfg.restandardize:
+            users = np.sort(rng.choice(n, size=min(cfg.stats_users, n), replace=False)).tolist()
+            u_states = tower.encode_batched([user_prompts[i] for i in users], "user", user_ids_emb(users), 64,
+                                            cfg.max_user_tokens, progress=False)
+            tower.set_standardization(states, u_states)
+            for t in ("user", "item"):
+                out[f"mu_{t}"], out[f"sigma_{t}"] = tower.stats[t]
+        alignment.train()
+        return out
 
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT_NAME
-    step, history, seconds = 0, {"bpr": [], "infonce": [], "total": []}, 0.0
+    step, history, seconds, extra = 0, {"bpr": [], "infonce": [], "total": []}, 0.0, {}
     if ckpt.exists():
-        step, history, seconds = _load(ckpt, alignment, optimizer, cfg, n)
+        step, history, seconds, extra = _load(ckpt, alignment, optimizer, cfg, n)
+        if "mu_user" in extra:
+            tower.stats = {t: (extra[f"mu_{t}"], extra[f"sigma_{t}"]) for t in ("user", "item")}
     resumed_from = step
     total_steps = cfg.total_steps(n)
     score_scale = cfg.score_scale if cfg.score_scale is not None else tower.backbone.info.hidden_size ** -0.5
+    if cfg.lam > 0:  # InfoNCE compares per-layer standardised states (fixed: the text side never changes)
+        layer_stats = {t: text_cache.layer_stats(t) for t in ("user", "item")}
     tower.backbone.model.eval()  # no dropout in the frozen LLM
     alignment.train()
 
@@ -309,34 +460,46 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
                disable=not (progress if progress is not None else total_steps > 20))
     while step < total_steps:
         t0 = time.perf_counter()
+        alignment.gate_offset = cfg.gate_offset(step, total_steps, alignment.gate_init)
+        if "refresh" not in extra or int(extra["refresh"]) != step // cfg.refresh_every:
+            extra = refresh(step // cfg.refresh_every)
         idx = _batch_indices(step, n, batch_size, cfg.seed)
-        batch = [samples[i] for i in idx]
-        targets = [s.target for s in batch]
+        targets = [samples[i].target for i in idx]
 
         # frozen ID embeddings (no gradient flows into SASRec)
-        user_emb = item_emb = None
-        if alignment.use_id:
-            user_emb = (user_id_emb_fn[idx] if torch.is_tensor(user_id_emb_fn) else user_id_emb_fn(batch)).detach()
-            item_emb = item_id_emb[targets].detach()
+        user_emb = user_ids_emb(idx)
+        item_emb = item_id_emb[targets].detach() if alignment.use_id else None
 
-        # the two towers, with every layer's pooled state for InfoNCE
-        u, u_layers = tower.encode_users([user_prompts[i] for i in idx], user_emb, per_layer=True,
-                                         max_tokens=cfg.max_user_tokens)
-        v, v_layers = tower.encode_items([item_prompts[t] for t in targets], item_emb, per_layer=True,
-                                         max_tokens=cfg.max_item_tokens)
-        u_text = v_text = ()
+        # the two towers (pooled final states)
+        u = tower.encode_users([user_prompts[i] for i in idx], user_emb, max_tokens=cfg.max_user_tokens)
+        v = tower.encode_items([item_prompts[t] for t in targets], item_emb, max_tokens=cfg.max_item_tokens)
+        # InfoNCE: per layer, the ID-side representation (what the soft prompt carries) vs text only
+        d_u = d_v = t_u = t_v = ()
         if cfg.lam > 0:
-            u_text = text_cache.user_layers[idx].unbind(1)  # L tensors (B, H)
-            v_text = text_cache.items(targets).unbind(1)
-        # BPR scores exactly what the evaluation ranks by: tower.score = <z(u), z(v)>
-        losses = alignment_loss(tower.standardize(u), tower.standardize(v), u_layers, u_text, v_layers, v_text,
-                                cfg.lam, cfg.temperature,
-                                item_ids=torch.tensor(targets), score_scale=score_scale)
+            def z(x, side, layer):
+                mu, sd = layer_stats[side]
+                return (x.float() - mu[layer]) / sd[layer]
+            L = alignment.num_layers
+            d_u = [z(d, "user", l) for l, d in enumerate(alignment.id_representations("user", user_emb))]
+            d_v = [z(d, "item", l) for l, d in enumerate(alignment.id_representations("item", item_emb))]
+            t_u = [z(x, "user", l) for l, x in zip(range(L), text_cache.user_layers[idx].unbind(1))]
+            t_v = [z(x, "item", l) for l, x in zip(range(L), text_cache.items(targets).unbind(1))]
+        neg = extra.get("neg_states")
+        losses = alignment_loss(tower.standardize(u, "user"), tower.standardize(v, "item"), d_u, t_u, d_v, t_v,
+                                cfg.lam, cfg.temperature, item_ids=torch.tensor(targets), score_scale=score_scale,
+                                user_ids=torch.tensor([samples[i].user for i in idx]),
+                                extra_items=tower.standardize(neg, "item") if neg is not None and cfg.negatives else None,
+                                extra_ids=extra.get("neg_ids"), rank_loss=cfg.rank_loss)
 
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
+        if step == resumed_from:
+            check_gradients(named, tower.backbone.info)
         if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.grad_clip)
+        factor = cfg.lr_factor(step, total_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
         optimizer.step()
 
         step += 1
@@ -345,10 +508,11 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
             history[key].append(float(losses[key].detach()))
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
-            bar.set_postfix(bpr=f"{history['bpr'][-1]:.3f}", nce=f"{history['infonce'][-1]:.3f}")
+            bar.set_postfix(loss=f"{history['bpr'][-1]:.3f}", nce=f"{history['infonce'][-1]:.3f}")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
-            _save(ckpt, alignment, optimizer, step, history, seconds, cfg, n)
+            _save(ckpt, alignment, optimizer, step, history, seconds, cfg, n, extra)
     bar.close()
+    alignment.gate_offset = 0.0  # trained: the gate is what was learned
 
     result = TrainResult(history["bpr"], history["infonce"], history["total"], seconds, step,
                          alignment.num_trainable(), n, resumed_from, str(ckpt))

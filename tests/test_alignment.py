@@ -41,12 +41,14 @@ def test_num_trainable_matches_closed_form(kw):
 
 
 def test_closed_form_hand_values():
-    # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, layer_specific=False) == 2 * (96 + 48)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_id=False) == 2 * 96
+    # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144; gate 1
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144 + 1)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, gate=False) == 2 * (96 + 144)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, layer_specific=False) == 2 * (96 + 48 + 1)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_id=False) == 2 * (96 + 1)
     # SmolLM2 first 8 layers, H=576, SASRec d=64 (the docstring's example)
-    assert RAAlignment.expected_num_params(8, 576, 64, 1, 4) == 635_904
+    assert RAAlignment.expected_num_params(8, 576, 64, 1, 4, gate=False) == 635_904
+    assert RAAlignment(INFO, 5, gate_init=None).num_trainable() == 2 * (96 + 144)
 
 
 def test_prefixes_instruction_first_then_reparameterized_id():
@@ -104,7 +106,9 @@ def test_text_only_encoding_is_the_plain_model(backbones):
         ids = bb.tokenizer(text, return_tensors="pt")["input_ids"]
         out = bb.model(input_ids=ids, output_hidden_states=True)
         torch.testing.assert_close(final[k], out.hidden_states[-1][0, -1], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(layers[k, 0].float(), out.hidden_states[1][0, -1], atol=2e-3, rtol=2e-3)
+        # per layer: the pooled *input* of each layer (layer 1's input = the token embeddings)
+        torch.testing.assert_close(layers[k, 0].float(), out.hidden_states[0][0, -1], atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(layers[k, 1].float(), out.hidden_states[1][0, -1], atol=2e-3, rtol=2e-3)
     # batched encoding puts rows back in input order
     torch.testing.assert_close(tower.encode(texts, "item"), final, atol=1e-4, rtol=1e-4)
     assert tower.score(final[:2], final).shape == (2, 3)
@@ -132,6 +136,12 @@ def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbon
     np.testing.assert_allclose(z.double().numpy(), expected, rtol=1e-4, atol=1e-3)
     assert z.argmax(1).tolist() == [0, 1, 2, 3, 4]  # each user finds its own item again
     assert tower.mu.requires_grad is False and list(tower.parameters()) == []
+    # per tower: the user side is centred and scaled by the users' own statistics
+    other = torch.randn(30, h, generator=gen) * 3.0 + 1.0  # e.g. states of training users' prompts
+    tower.set_standardization(items, other)
+    us_mu, us_sd = other.double().numpy().mean(0), other.double().numpy().std(0, ddof=1)
+    expected = ((us - us_mu) / us_sd) @ ((it - mu) / sd).T
+    np.testing.assert_allclose(tower.score(users, items).double().numpy(), expected, rtol=1e-4, atol=1e-3)
     tower.set_standardization(None)
     torch.testing.assert_close(tower.score(users, items), raw)
     with pytest.raises(ValueError, match=r"states must be \(N >= 2"):
@@ -141,7 +151,7 @@ def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbon
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
 def test_soft_prompt_changes_output_and_only_alignment_gets_gradients(backbones, name):
     bb = backbones[name]
-    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2)
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=None)
     tower = TwoTower(bb, al)
     assert tower.pooling == ("last" if bb.info.is_causal else "mean")
     assert sum(p.numel() for p in tower.parameters()) == al.num_trainable()  # backbone not registered
@@ -171,3 +181,30 @@ def test_hidden_state_rms_of_embeddings(backbones):
 def test_alignment_for_another_backbone_is_rejected(backbones):
     with pytest.raises(ValueError, match="alignment is for"):
         TwoTower(backbones["tiny-llama"], RAAlignment(INFO, 5))
+
+
+def test_closed_gate_is_the_zero_shot_model_and_still_passes_gradients(backbones):
+    bb = backbones["tiny-llama"]
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=-30.0)
+    tower = TwoTower(bb, al)
+    texts, e = ["red shoe", "blue hat!"], torch.randn(2, 6)
+    plain = tower.encode(texts, "user", use_prefix=False)
+    closed = tower.encode_users(texts, e)
+    torch.testing.assert_close(closed, plain, atol=1e-5, rtol=1e-5)  # exp(-30) of attention: nothing visible
+    closed.pow(2).sum().backward()
+    # the instruction gets a (tiny, non-zero) gradient through the closed gate, and so does the gate
+    assert al.instruction["user"].grad.abs().sum() > 0 and al.gate["user"].grad is not None
+    al.gate_offset = 0.0  # a trained module: the gate is its learned value (0 = plain prefix tuning)
+    opened = tower.encode_users(texts, e)
+    assert (opened - plain).abs().max() > 1e-3
+
+
+def test_id_representation_is_the_mean_of_the_id_slots():
+    al = RAAlignment(INFO, id_dim=5, num_id_tokens=2, num_instruction_tokens=3)
+    e = torch.randn(4, 5)
+    reps, pre = al.id_representations("user", e), al.prefixes("user", e)
+    assert len(reps) == 3
+    for layer in range(3):
+        torch.testing.assert_close(reps[layer], pre[layer][:, 3:].mean(1))
+    with pytest.raises(ValueError, match="no ID representation"):
+        RAAlignment(INFO, 5, use_id=False).id_representations("user", e)
