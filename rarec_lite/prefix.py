@@ -135,7 +135,8 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None):
+def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None,
+                        prefix_bias: torch.Tensor | float | None = None):
     """Run the frozen backbone with per-layer prefix keys/values (RA-Rec Sec. 3).
 
     Args:
@@ -146,6 +147,12 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
         prefixes: ``None`` (plain model), or a list with one entry per layer
             (``info.num_layers`` entries), each ``(B, P, H)`` with the same ``P`` for every
             layer (``P = 0`` allowed). Gradients flow into them.
+        prefix_bias: optional scalar (a float or a 0-d tensor, differentiable) added to the
+            attention logits of every prefix slot at every layer: a **gate** in log space. A
+            very negative bias makes the prefix invisible (the plain model's computation, up to
+            ``exp(bias)``), 0 is plain prefix tuning. RA-Rec's alignment starts from a closed
+            gate so that training starts from the zero-shot model
+            (:class:`rarec_lite.alignment.RAAlignment`).
 
     Returns:
         tuple of ``num_layers + 1`` hidden states, each ``(B, T, H)`` for the text tokens
@@ -193,6 +200,11 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
     kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype)) for l, d in enumerate(prefixes)]
     cache = DynamicCache(kv)
     mask = extended_attention_mask(attention_mask, P, causal=info.is_causal, dtype=dtype)
+    if prefix_bias is not None and P > 0:
+        bias = torch.as_tensor(prefix_bias, device=device).to(dtype)
+        if bias.dim() != 0:
+            raise ValueError(f"prefix_bias must be a scalar; got shape {tuple(bias.shape)}")
+        mask = torch.cat([mask[..., :P] + bias, mask[..., P:]], dim=-1)  # differentiable in the bias
     offset = 0 if info.architecture == "bert" else P
     position_ids = (torch.arange(T, device=device) + offset).unsqueeze(0).expand(B, T)
     out = model(
