@@ -3,8 +3,17 @@
 RA-Rec (Yu et al. 2024, Sec. 3, "efficient data construction") trains the alignment module on a
 small, clean and varied sample instead of every interaction:
 
-* :func:`make_samples` cuts each user's **train** sequence (leave-one-out: ``s[:-2]``; the
-  valid/test targets are never used) into (history, next item) samples.
+* :func:`make_samples` takes each user's **validation** pair (history ``s[:-2]``, target
+  ``s[-2]``; ``part="valid"``, the pipeline's default) or cuts the **train** sequence ``s[:-2]``
+  into (history, next item) samples (``part="train"``). The test target ``s[-1]`` is never used.
+
+  **Why validation pairs.** The frozen SASRec is trained on ``s[:-2]``: every next item inside it
+  was one of SASRec's own training targets, which it has memorised (on 2,400 such samples
+  SASRec's HR@100 was 0.231 vs 0.030 on test users, RA-Rec issue, item 4). An aligner trained
+  there learns to trust an ID signal ~8x stronger than at test time. ``s[-2]`` is only used by
+  SASRec for early stopping, never as a training target, so on validation pairs the ID
+  embeddings are exactly as informative as at test time (:mod:`rarec_lite.sasrec` documents
+  the split).
 * :func:`denoise` drops samples whose target shares no word with the history: such a target is
   unpredictable from the text side and only adds noise.
 * :func:`diversify` picks ``n`` samples uniformly over buckets of history length (the user
@@ -36,16 +45,20 @@ class Sample:
 
 
 def make_samples(split: Any, max_per_user: int | None = 5, min_history: int = 1, seed: int = 0,
-                 max_history: int | None = None) -> list[Sample]:
-    """Training samples from the **train** part of a leave-one-out split.
+                 max_history: int | None = None, part: str = "train") -> list[Sample]:
+    """Training samples of the alignment from a leave-one-out split.
 
-    For a train sequence ``s`` (already without the valid and test items), every position
-    ``t >= min_history`` gives ``Sample(u, s[max(0, t - max_history):t], s[t])``. With
+    ``part="valid"``: one sample per user, ``Sample(u, valid_history[-max_history:], valid_target)``
+    (users whose history is shorter than ``min_history`` are skipped). ``part="train"``: for a
+    train sequence ``s`` (already without the valid and test items), every position
+    ``t >= min_history`` gives ``Sample(u, s[max(0, t - max_history):t], s[t])``; with
     ``max_per_user`` at most that many positions per user are drawn (uniformly, ``seed``).
 
     Args:
-        split: a :class:`rarec_lite.data.LeaveOneOut` (its ``.train``) or a list of per-user
-            train sequences (index = user id).
+        split: a :class:`rarec_lite.data.LeaveOneOut` (``part="valid"`` needs one), or a list of
+            per-user train sequences (index = user id).
+        part: ``"valid"`` or ``"train"`` (see the module docstring for why the pipeline uses
+            ``"valid"``).
         max_per_user: cap per user (``None`` = every position).
         min_history: shortest history (>= 1).
         seed: RNG seed of the per-user draw.
@@ -55,8 +68,23 @@ def make_samples(split: Any, max_per_user: int | None = 5, min_history: int = 1,
         Samples ordered by user, then position.
 
     Raises:
-        ValueError: ``min_history < 1`` or ``max_per_user < 1``.
+        ValueError: ``min_history < 1``, ``max_per_user < 1``, an unknown ``part``, or
+            ``part="valid"`` without a split.
     """
+    if part not in ("train", "valid"):
+        raise ValueError(f"part must be 'train' or 'valid'; got {part!r}")
+    if part == "valid":
+        if not hasattr(split, "valid_target"):
+            raise ValueError("part='valid' needs a LeaveOneOut split (with valid_history / valid_target)")
+        out = []
+        for user, (hist, target) in enumerate(zip(split.valid_history, split.valid_target)):
+            hist = np.asarray(hist, dtype=np.int64)
+            if len(hist) < min_history:
+                continue
+            if max_history is not None:
+                hist = hist[-max_history:]
+            out.append(Sample(user, tuple(int(x) for x in hist), int(target)))
+        return out
     if min_history < 1:
         raise ValueError(f"min_history must be >= 1; got {min_history}")
     if max_per_user is not None and max_per_user < 1:

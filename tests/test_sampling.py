@@ -102,3 +102,19 @@ def test_real_cloth_sampling_pipeline(shared_cloth_dir, session_home, monkeypatc
     chosen, report = diversify(kept, 4000, item_popularity(split.train, ds.num_items), num_buckets=4, seed=0)
     assert len(chosen) == 4000
     assert report["length_buckets_after"] == [1000] * 4 and report["popularity_buckets_after"] == [1000] * 4
+
+
+def test_make_samples_from_validation_pairs_never_touch_sasrec_targets():
+    # the pipeline's default: one sample per user, history s[:-2] -> target s[-2]; the targets are
+    # exactly the validation targets, none of them a next item inside s[:-2] (SASRec's training targets)
+    split = SimpleNamespace(train=[np.array([0, 1, 2]), np.array([4]), np.array([], dtype=np.int64)],
+                            valid_history=[np.array([0, 1, 2]), np.array([4]), np.array([], dtype=np.int64)],
+                            valid_target=np.array([3, 5, 6]), test_target=np.array([7, 8, 9]))
+    got = make_samples(split, part="valid", max_history=2)
+    assert got == [Sample(0, (1, 2), 3), Sample(1, (4,), 5)]  # user 2 has no history
+    sasrec_targets = {(u, int(t)) for u, seq in enumerate(split.train) for t in seq[1:]}
+    assert not {(s.user, s.target) for s in got} & sasrec_targets
+    with pytest.raises(ValueError, match="part"):
+        make_samples(split, part="test")
+    with pytest.raises(ValueError, match="LeaveOneOut"):
+        make_samples(TRAIN, part="valid")
