@@ -212,3 +212,141 @@ def test_encode_histories_pads_trims_and_matches_encode():
     with torch.no_grad():
         expected = model.encode(by_hand)
     torch.testing.assert_close(got, expected)
+
+
+def test_gbce_loss_matches_a_hand_computed_value():
+    """gSASRec's gBCE (Petrov & Macdonald 2023, Eq. 10-11) on a 5-item catalogue, k = 2, t = 0.5."""
+    from rarec_lite.sasrec import gbce_beta
+
+    # alpha = 2 / 4 = 0.5; beta = 0.5 * (0.5 * (1 - 1 / 0.5) + 1 / 0.5) = 0.75
+    assert gbce_beta(5, 2, 0.5) == pytest.approx(0.75)
+    assert gbce_beta(5, 2, 0.0) == pytest.approx(1.0)  # t = 0: plain BCE
+    assert gbce_beta(5, 2, 1.0) == pytest.approx(0.5)  # t = 1: beta = alpha
+    with pytest.raises(ValueError, match="num_negatives"):
+        gbce_beta(5, 5, 0.5)
+    torch.manual_seed(2)
+    m = SASRec(num_items=5, hidden=4, max_len=3, num_layers=1, dropout=0.0).eval()
+    x = torch.tensor([[0, 1, 2], [0, 0, 4]])  # item ids + 1
+    y = torch.tensor([[0, 2, 3], [0, 0, 1]])  # targets: items 1, 2 (user 0), item 0 (user 1)
+    gen_seed = 7
+    neg = torch.randperm(5, generator=torch.Generator().manual_seed(gen_seed))[:2].tolist()
+    loss = sequence_loss(m, x, y, "gbce", generator=torch.Generator().manual_seed(gen_seed), num_negatives=2,
+                         gbce_t=0.5).item()
+    states, table = m(x).detach(), m.item_emb.weight[1:].detach()
+    log_sig = lambda z: -math.log1p(math.exp(-z))  # noqa: E731
+    terms = []
+    for u, t in ((0, 1), (0, 2), (1, 2)):
+        target = int(y[u, t]) - 1
+        s = lambda i: float(table[i] @ states[u, t])  # noqa: E731
+        terms.append(-(0.75 * log_sig(s(target)) + sum(log_sig(-s(j)) for j in neg if j != target)))
+    assert loss == pytest.approx(sum(terms) / 3, rel=1e-5)
+    # seed 7 draws items 0 and 1: the targets of positions (0, 1) and (1, 2), where each is
+    # left out as a negative (one negative there, two at (0, 2))
+    assert sorted(neg) == [0, 1]
+
+
+def test_gbce_equals_the_reference_transformed_logit_form():
+    """gSASRec's released code writes gBCE as a BCE over k + 1 logits where the positive logit
+    is replaced by log(1 / (sigmoid(s)^-beta - 1)), averaged over the k + 1 elements; ours sums
+    them, so ours = (k + 1) x theirs when no negative equals a target."""
+    torch.manual_seed(3)
+    num_items, k, t = 400, 16, 0.75
+    m = SASRec(num_items=num_items, hidden=8, max_len=6, num_layers=1, dropout=0.0).eval()
+    x, y = training_pairs([np.array([3, 9, 27, 81]), np.array([5, 10, 15, 20, 25, 30])], max_len=6)
+    neg = torch.randperm(num_items, generator=torch.Generator().manual_seed(1))[:k]
+    assert not set(neg.tolist()) & set((y[y > 0] - 1).tolist())
+    ours = sequence_loss(m, x, y, "gbce", generator=torch.Generator().manual_seed(1), num_negatives=k, gbce_t=t)
+    alpha = k / (num_items - 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    h = m(x)[y > 0].double()
+    table = m.item_embeddings().double()
+    pos_logits = (h * table[y[y > 0] - 1]).sum(-1, keepdim=True)
+    p = torch.sigmoid(pos_logits)
+    transformed = torch.log(1.0 / (p.pow(-beta) - 1.0))
+    logits = torch.cat([transformed, h @ table[neg].T], -1)
+    gt = torch.zeros_like(logits)
+    gt[:, 0] = 1.0
+    theirs = F.binary_cross_entropy_with_logits(logits, gt)
+    assert ours.item() == pytest.approx((k + 1) * theirs.item(), rel=1e-5)
+
+
+def test_learning_rate_schedule_by_hand():
+    from rarec_lite.sasrec import SASRecConfig, learning_rate
+
+    c = SASRecConfig(lr=1e-3, warmup_steps=10, epochs=2)
+    assert [learning_rate(c, s, 100) for s in (1, 5, 10, 11, 200)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    c = SASRecConfig(lr=1e-3, warmup_steps=0, lr_schedule="cosine", epochs=2)
+    # 200 steps in all: half-way the cosine is at half the peak, at the end at 0
+    assert [learning_rate(c, s, 100) for s in (0, 100, 200)] == pytest.approx([1e-3, 5e-4, 0.0])
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
+    """Validation NDCG@10 scripted as 0.10, 0.30, 0.20, 0.25 with patience 2: training stops after
+    epoch 4 and the exported model is epoch 2's (the weights an uninterrupted 2-epoch run ends with)."""
+    from rarec_lite import sasrec as mod
+    from rarec_lite.metrics import EvalResult
+
+    real, scripted = mod.evaluate, iter([0.10, 0.30, 0.20, 0.25])
+
+    def scripted_evaluate(*args, **kwargs):
+        res = real(*args, **kwargs)
+        value = next(scripted, None)
+        if value is None:  # the final evaluations of the exported model are real
+            return res
+        return EvalResult(dict(res.metrics, **{"NDCG@10": value}), res.ranks, res.protocol, res.num_users, res.ks)
+
+    ds = ToyDataset(num_users=80, seed=5)
+    monkeypatch.setattr(mod, "evaluate", scripted_evaluate)
+    run = train_sasrec(ds, tmp_path / "es", progress=False, epochs=10, patience=2, **TINY)
+    monkeypatch.undo()
+    assert [h["valid_ndcg10"] for h in run.metrics["history"]] == [0.10, 0.30, 0.20, 0.25]
+    assert (run.metrics["epochs"], run.metrics["best_epoch"]) == (4, 2)
+    two, _ = load_checkpoint(train_sasrec(ds, tmp_path / "two", progress=False, epochs=2, **TINY).out_dir
+                             / "checkpoint.safetensors")
+    four, _ = load_checkpoint(tmp_path / "es" / "checkpoint.safetensors")
+    exported = run.model.state_dict()
+    for name, value in exported.items():
+        assert torch.equal(value, two[f"model.{name}"]), name  # epoch 2's weights ...
+    assert not all(torch.equal(exported[n], four[f"model.{n}"]) for n in exported)  # ... not epoch 4's
+    reloaded = load_sasrec(tmp_path / "es")
+    assert all(torch.equal(p, exported[n]) for n, p in reloaded.state_dict().items())
+
+
+def test_resume_is_exact_with_gbce_warmup_and_weight_decay(tmp_path):
+    ds = ToyDataset(num_users=100, seed=4)
+    cfg = dict(TINY, patience=10, loss="gbce", num_negatives=8, gbce_t=0.75, warmup_steps=5, weight_decay=0.1)
+    straight = train_sasrec(ds, tmp_path / "a", progress=False, epochs=3, **cfg)
+    train_sasrec(ds, tmp_path / "b", progress=False, epochs=1, **cfg)
+    resumed = train_sasrec(ds, tmp_path / "b", progress=False, epochs=3, **cfg)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert straight.metrics["history"] == [dict(h, seconds=s["seconds"]) for h, s in
+                                           zip(resumed.metrics["history"], straight.metrics["history"])]
+    # a cosine schedule depends on the number of epochs: that run may not be extended
+    train_sasrec(ds, tmp_path / "c", progress=False, epochs=1, **dict(cfg, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="epochs=1"):
+        train_sasrec(ds, tmp_path / "c", progress=False, epochs=2, **dict(cfg, lr_schedule="cosine"))
+
+
+def test_cached_run_is_keyed_by_data_and_config(tmp_path):
+    from rarec_lite.sasrec import cached_sasrec_run, data_signature, sasrec_run_dir
+
+    ds, other = ToyDataset(num_users=60, seed=1), ToyDataset(num_users=60, seed=2)
+    assert data_signature(ds) == data_signature(ToyDataset(num_users=60, seed=1))
+    assert data_signature(ds) != data_signature(other)
+    cfg = dict(TINY, epochs=2, patience=5)
+    first = cached_sasrec_run(ds, root=tmp_path, progress=False, **cfg)
+    assert not first.reused and first.out_dir == sasrec_run_dir(ds, tmp_path, **cfg)
+    again = cached_sasrec_run(ds, root=tmp_path, progress=False, **cfg)
+    assert again.reused and again.out_dir == first.out_dir
+    assert again.test.metrics == pytest.approx(first.test.metrics)
+    assert np.array_equal(again.test.ranks, first.test.ranks) and again.metrics == first.metrics
+    assert all(torch.equal(p, q) for p, q in zip(again.model.state_dict().values(), first.model.state_dict().values()))
+    # epochs/patience are not in the key (a longer run resumes); the model's fields and the data are
+    assert sasrec_run_dir(ds, tmp_path, **dict(cfg, epochs=9, patience=1)) == first.out_dir
+    assert sasrec_run_dir(ds, tmp_path, **dict(cfg, dropout=0.3)) != first.out_dir
+    assert sasrec_run_dir(other, tmp_path, **cfg) != first.out_dir
+    longer = cached_sasrec_run(ds, root=tmp_path, progress=False, **dict(cfg, epochs=3))
+    assert not longer.reused and longer.metrics["epochs"] == 3
+    with pytest.raises(ValueError, match="hiden"):
+        sasrec_run_dir(ds, tmp_path, hiden=3)
