@@ -453,8 +453,9 @@ class TwoTower(nn.Module):
                        use_prefix: bool = True, progress: bool | None = None, layer_dtype=torch.float16):
         """Encode a long list (e.g. the 23,033-item catalogue) in batches, without gradients.
 
-        Texts are sorted by length so each batch pads little, then put back in order. A tqdm
-        bar is shown when ``progress`` (default: more than 4 batches).
+        Texts are sorted by length so each batch pads little, then put back in order. When the
+        states depend on the text alone (no ID soft prompt), each distinct text is encoded once.
+        A tqdm bar is shown when ``progress`` (default: more than 4 batches).
 
         Returns:
             ``final`` (N, H) float32, or ``(final, layers (N, L, H) in layer_dtype)`` when
@@ -465,6 +466,16 @@ class TwoTower(nn.Module):
         n = len(texts)
         if id_emb is not None and id_emb.shape[0] != n:
             raise ValueError(f"id_emb has {id_emb.shape[0]} rows for {n} texts")
+        text_only = (not use_prefix or self.alignment is None or not self.alignment.use_id)
+        if text_only and n:
+            # the state depends on the text alone: encode each distinct text once (Clothing: 5,988 for 23,033 items)
+            unique = list(dict.fromkeys(texts))
+            if len(unique) < n:
+                row = {t: k for k, t in enumerate(unique)}
+                idx = torch.as_tensor([row[t] for t in texts])
+                out = self.encode_batched(unique, tower, None, batch_size, max_tokens, per_layer, use_prefix,
+                                          progress, layer_dtype)
+                return (out[0][idx], out[1][idx]) if per_layer else out[idx]
         order = sorted(range(n), key=lambda i: len(texts[i]))
         finals, layers = [None] * n, [None] * n
         starts = range(0, n, batch_size)

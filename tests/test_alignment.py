@@ -208,3 +208,15 @@ def test_id_representation_is_the_mean_of_the_id_slots():
         torch.testing.assert_close(reps[layer], pre[layer][:, 3:].mean(1))
     with pytest.raises(ValueError, match="no ID representation"):
         RAAlignment(INFO, 5, use_id=False).id_representations("user", e)
+
+
+def test_batched_text_only_encoding_encodes_each_distinct_text_once(backbones):
+    tower = TwoTower(backbones["tiny-llama"], None)
+    texts = ["red shoe", "gold", "red shoe", "a hat", "gold"]
+    calls = []
+    real = tower.encode
+    tower.encode = lambda t, *a, **k: calls.append(list(t)) or real(t, *a, **k)
+    final, layers = tower.encode_batched(texts, "item", per_layer=True, batch_size=2)
+    assert sorted(x for c in calls for x in c) == ["a hat", "gold", "red shoe"]
+    torch.testing.assert_close(final[2], final[0]) and torch.testing.assert_close(layers[4], layers[1])
+    torch.testing.assert_close(final, real(texts, "item"), atol=1e-4, rtol=1e-4)
