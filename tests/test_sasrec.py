@@ -350,3 +350,22 @@ def test_cached_run_is_keyed_by_data_and_config(tmp_path):
     assert not longer.reused and longer.metrics["epochs"] == 3
     with pytest.raises(ValueError, match="hiden"):
         sasrec_run_dir(ds, tmp_path, hiden=3)
+
+
+def test_full_softmax_ce_value_and_gradients_match_torch():
+    from rarec_lite.sasrec import full_softmax_ce
+
+    torch.manual_seed(4)
+    h = (3 * torch.randn(7, 5)).requires_grad_()
+    table = torch.randn(11, 5, requires_grad=True)
+    pos = torch.tensor([0, 3, 3, 9, 2, 8, 0])
+    ours = full_softmax_ce(h, table[1:], pos)
+    ours.backward()
+    got = (h.grad.clone(), table.grad.clone())
+    h.grad = table.grad = None
+    ref = F.cross_entropy(h @ table[1:].T, pos)
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(got[0], h.grad)
+    torch.testing.assert_close(got[1], table.grad)
+    assert got[1][0].abs().max() == 0  # the padding row gets no gradient
