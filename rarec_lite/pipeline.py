@@ -53,18 +53,34 @@ def _sasrec_defaults() -> dict:
     return {k: v for k, v in asdict(SASRecConfig()).items() if k != "seed"}
 
 
+def _train_defaults() -> dict:
+    """The ``[train]`` defaults: :class:`rarec_lite.train.TrainConfig`'s (``lambda_infonce`` is its
+    ``lam``) plus the pipeline's own sample construction keys."""
+    from rarec_lite.train import TrainConfig
+
+    t = TrainConfig()
+    own = {"samples": 4000, "samples_from": "valid", "max_per_user": 3, "denoise": True, "diversify": True,
+           "num_buckets": 4}
+    shared = {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
+              "lambda_infonce": t.lam, "temperature": t.temperature, "checkpoint_every": t.checkpoint_every,
+              "rank_loss": t.rank_loss, "negatives": t.negatives, "refresh_every": t.refresh_every,
+              "restandardize": t.restandardize, "stats_users": t.stats_users, "warmup": t.warmup,
+              "schedule": t.schedule, "gate_lr_scale": t.gate_lr_scale, "gate_warmup": t.gate_warmup}
+    return {**own, **shared}
+
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"dataset": "cloth", "max_users": 0, "synthetic_fallback": False},
     "sasrec": _sasrec_defaults(),  # SASRec's defaults live in one place: rarec_lite.sasrec.SASRecConfig
-    "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256},
+    "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256,
+             "step0": True, "stats_users": 512},
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
             "standardize": False},
-    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4},
-    "train": {"samples": 4000, "max_per_user": 3, "steps": 250, "batch_size": 16, "lr": 1e-3,
-              "lambda_infonce": 0.1, "temperature": 0.1, "denoise": True, "diversify": True,
-              "num_buckets": 4, "checkpoint_every": 50},
-    "methods": {"run": ["mostpop", "sasrec", "id_direct", "id_translation", "id_translation_prefix", "rarec"]},
+    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -12.0},
+    "train": _train_defaults(),  # the training loop's defaults live in one place: rarec_lite.train.TrainConfig
+    "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
+                        "rarec"]},
 }
 TOP_LEVEL = {"name", "description", "seed"}
 
@@ -172,10 +188,16 @@ class Method:
     infonce: bool = True
     data_construction: bool = True
 
+    @property
+    def lam_applies(self) -> bool:
+        """InfoNCE contrasts the ID representation with the text: only methods with IDs have it."""
+        return self.infonce and self.use_id
+
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("mostpop", "MostPop", "baseline"),
     Method("sasrec", "SASRec (ID only)", "baseline"),
+    Method("tfidf_knn", "Item-text TF-IDF kNN", "baseline"),
     Method("id_direct", "ID Direct, zero-shot", "zero-shot", "id_direct"),
     Method("id_direct_prefix", "ID Direct + prefix tuning (no IDs)", "trained", "id_direct"),
     Method("id_translation", "ID Translation, zero-shot", "zero-shot", "translation"),
@@ -212,6 +234,7 @@ class _Run:
         self._item_text_states = None
         self._samples: dict[bool, tuple] = {}
         self._standardization: dict[str, torch.Tensor] = {}
+        self._user_standardization: dict[str, torch.Tensor] = {}
         self.pooling = cfg["llm"]["pooling"] or None  # None: the backbone's default (last token for causal LMs)
 
     # -- stage 1: data --------------------------------------------------------------------
@@ -305,7 +328,7 @@ class _Run:
 
         t = self.cfg["train"]
         samples = make_samples(self.split, max_per_user=int(t["max_per_user"]), seed=self.seed,
-                               max_history=int(self.cfg["sasrec"]["max_len"]))
+                               max_history=int(self.cfg["sasrec"]["max_len"]), part=t["samples_from"])
         report: dict[str, Any] = {"candidates": len(samples)}
         if data_construction and t["denoise"]:
             samples, rep = denoise(samples, self.dataset.item_text)
@@ -388,16 +411,49 @@ class _Run:
                     int(self.cfg["llm"]["item_max_tokens"]))
         return self._standardization[key]
 
+    def stats_users(self) -> np.ndarray:
+        """A seeded sample of ``[eval] stats_users`` users outside the evaluation users: the user
+        tower's standardisation statistics come from their prompts (training data only)."""
+        if not hasattr(self, "_stats_users"):
+            others = np.setdiff1d(np.arange(self.dataset.num_users), self.eval_users)
+            others = np.array([u for u in others if len(self.split.valid_history[u]) > 0], dtype=np.int64)
+            n = min(int(self.cfg["eval"]["stats_users"]), len(others))
+            self._stats_users = np.sort(np.random.default_rng([self.seed, 17]).choice(others, size=n, replace=False))
+        return self._stats_users
+
+    def stats_prompts(self, kind: str) -> tuple[list[str], list]:
+        """The ``kind`` user prompts of :meth:`stats_users` on their **validation** histories ``s[:-2]``
+        (their test target never enters), and those histories."""
+        budget = int(self.cfg["llm"]["user_max_tokens"])
+        hist = [np.asarray(self.split.valid_history[u]) for u in self.stats_users()]
+        return [self.user_prompt(kind, u, h, budget).text for u, h in zip(self.stats_users(), hist)], hist
+
+    def user_standardization_states(self, kind: str) -> torch.Tensor:
+        """Text-only user-tower states of :meth:`stats_prompts`, encoded once per prompt kind."""
+        if kind not in self._user_standardization:
+            from rarec_lite.alignment import TwoTower
+
+            llm = self.cfg["llm"]
+            tower = TwoTower(self.backbone, None, self.pooling)
+            self._user_standardization[kind] = tower.encode_batched(
+                self.stats_prompts(kind)[0], "user", None, int(llm["batch_size"]), int(llm["user_max_tokens"]),
+                progress=False)
+        return self._user_standardization[kind]
+
     def _standardize(self, tower, method: "Method") -> None:
+        """Per-tower statistics: items from the item prompts' text-only states, users from training users' prompts."""
         if self.cfg["llm"]["standardize"]:
-            tower.set_standardization(self.standardization_states(method.prompts))
+            tower.set_standardization(self.standardization_states(method.prompts),
+                                      self.user_standardization_states(method.prompts))
 
     # -- scoring --------------------------------------------------------------------------
-    def rank(self, scores: torch.Tensor) -> np.ndarray:
-        """Full-ranking 0-based ranks of the evaluation users' targets, history masked."""
-        from rarec_lite.metrics import full_ranking_ranks
+    def rank(self, scores: torch.Tensor):
+        """Full ranking of the evaluation users' targets, history masked: ``(greater, tied)`` per user
+        (items scored above the target, items tied with it; metrics are exact expectations over a
+        random order of the tied items, :mod:`rarec_lite.metrics`)."""
+        from rarec_lite.metrics import full_ranking_rank_ties
 
-        return full_ranking_ranks(scores, self.eval_targets, self.eval_histories)
+        return full_ranking_rank_ties(scores, self.eval_targets, self.eval_histories)
 
     def run_method(self, method: Method) -> dict:
         """Scores of the evaluation users under ``method``: ranks + efficiency facts."""
@@ -406,14 +462,22 @@ class _Run:
             from rarec_lite.baselines import MostPop
 
             model = MostPop().fit(self.split.train, self.dataset.num_items)
-            ranks = self.rank(model.score(self.eval_histories))
-            return {"ranks": ranks, "prompt_tokens": 0, "trainable_params": 0, "train_samples": 0,
+            ranks, tied = self.rank(model.score(self.eval_histories))
+            return {"ranks": ranks, "tied": tied, "prompt_tokens": 0, "trainable_params": 0, "train_samples": 0,
+                    "train_seconds": 0.0, "eval_seconds": time.time() - t0}
+        if method.name == "tfidf_knn":
+            from rarec_lite.baselines import ItemTextKNN
+
+            model = ItemTextKNN().fit(self.dataset.item_text, self.split.train)
+            ranks, tied = self.rank(torch.cat([model.score(self.eval_histories[i:i + 512])
+                                               for i in range(0, len(self.eval_histories), 512)]))
+            return {"ranks": ranks, "tied": tied, "prompt_tokens": 0, "trainable_params": 0, "train_samples": 0,
                     "train_seconds": 0.0, "eval_seconds": time.time() - t0}
         if method.name == "sasrec":
             users = self.user_id_embeddings(self.eval_histories)
-            ranks = self.rank(users @ self.sasrec.item_embeddings().detach().float().T)
+            ranks, tied = self.rank(users @ self.sasrec.item_embeddings().detach().float().T)
             n_params = sum(p.numel() for p in self.sasrec.parameters())
-            return {"ranks": ranks, "prompt_tokens": 0, "trainable_params": n_params,
+            return {"ranks": ranks, "tied": tied, "prompt_tokens": 0, "trainable_params": n_params,
                     "train_samples": sum(max(len(s) - 1, 0) for s in self.split.train),
                     "train_seconds": float(self.sasrec_metrics.get("train_seconds", 0.0)),
                     "eval_seconds": time.time() - t0}
@@ -440,27 +504,34 @@ class _Run:
             from rarec_lite.train import TrainConfig, train_alignment
 
             info = self.backbone.info
-            alignment = RAAlignment(info, id_dim=int(self.cfg["sasrec"]["hidden"]),
+            gate = float(a["gate_init"])
+            alignment = RAAlignment(info, id_dim=int(self.sasrec.config["hidden"]),
                                     num_id_tokens=int(a["num_id_tokens"]),
                                     num_instruction_tokens=int(a["num_instruction_tokens"]),
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
-                                    use_id=method.use_id, seed=self.seed)
+                                    use_id=method.use_id, seed=self.seed, gate_init=gate)
             tower = TwoTower(self.backbone, alignment, self.pooling)
-            self._standardize(tower, method)  # fixed before training: BPR trains on the scores we rank by
+            self._standardize(tower, method)  # step-0 statistics; training refreshes them, see below
             samples, sample_report = self.samples(method.data_construction)
-            lam = float(t["lambda_infonce"]) if method.infonce else 0.0
+            lam = float(t["lambda_infonce"]) if method.lam_applies else 0.0
             key = "constructed" if method.data_construction else "plain"
             cache = self.text_cache(samples, key) if lam > 0 else None
             train_prompts = [self.user_prompt(method.prompts, s.user, s.history, budget).text for s in samples]
             item_id_emb = self.sasrec.item_embeddings().detach().float() if method.use_id else None
             user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
                 if method.use_id else None
+            if self.cfg["eval"]["step0"] and gate < 0:
+                facts["step0"] = self._step0(tower, method, eval_prompts)
             tcfg = TrainConfig(steps=int(t["steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
-                               lam=lam, temperature=float(t["temperature"]), seed=self.seed,
-                               max_user_tokens=budget, max_item_tokens=int(llm["item_max_tokens"]),
-                               checkpoint_every=int(t["checkpoint_every"]))
+                               weight_decay=float(t["weight_decay"]), lam=lam, temperature=float(t["temperature"]),
+                               seed=self.seed, max_user_tokens=budget, max_item_tokens=int(llm["item_max_tokens"]),
+                               checkpoint_every=int(t["checkpoint_every"]), rank_loss=t["rank_loss"],
+                               negatives=int(t["negatives"]), refresh_every=int(t["refresh_every"]),
+                               restandardize=bool(t["restandardize"]), stats_users=int(t["stats_users"]),
+                               warmup=float(t["warmup"]), schedule=t["schedule"],
+                               gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]))
             _log(f"{method.name}: training {alignment.num_trainable():,} parameters on {len(samples):,} samples "
-                 f"({tcfg.steps} steps of {tcfg.batch_size})")
+                 f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} cached negatives, {tcfg.rank_loss})")
             train_result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts),
                                            user_fn, item_id_emb, cache, tcfg, self.out / "train" / method.name,
                                            progress=self.progress)
@@ -469,6 +540,7 @@ class _Run:
                          trainable_share=alignment.num_trainable() / max(info.num_parameters, 1),
                          train_samples=len(samples), train_seconds=train_result.seconds,
                          soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
+                         gate={k: float(alignment.prefix_bias(k).detach()) for k in alignment.gate},
                          losses={"bpr": train_result.bpr, "infonce": train_result.infonce,
                                  "total": train_result.total})
 
@@ -481,22 +553,57 @@ class _Run:
             items = tower.encode_batched(self.item_prompts(method.prompts), "item", item_emb,
                                          int(llm["batch_size"]), int(llm["item_max_tokens"]),
                                          progress=self.progress)
+        if method.kind == "trained" and self.cfg["llm"]["standardize"]:
+            # the trained towers' own statistics: the whole catalogue, and training users' prompts
+            prompts, hist = self.stats_prompts(method.prompts)
+            emb = self.user_id_embeddings(hist) if method.use_id else None
+            u_states = tower.encode_batched(prompts, "user", emb, int(llm["batch_size"]), budget, progress=False)
+            tower.set_standardization(items, u_states)
         # user tower over the evaluation users
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
         users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
                                      budget, progress=self.progress)
-        facts["ranks"] = self.rank(tower.score(users, items))
+        facts["ranks"], facts["tied"] = self.rank(tower.score(users, items))
         facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
         return facts
+
+    def _step0(self, tower, method: "Method", eval_prompts) -> dict:
+        """Metrics of the untrained aligned towers (closed gate): what training starts from.
+
+        The user tower runs for real on the evaluation users; the item tower's catalogue is taken
+        from the text-only states, after checking on 256 items that the closed gate changes them by
+        no more than ``max_item_deviation`` (relative, max over items)."""
+        from rarec_lite.metrics import metrics_from_ranks
+
+        llm, budget = self.cfg["llm"], int(self.cfg["llm"]["user_max_tokens"])
+        if method.prompts == "id_direct":
+            return {}
+        items = self.item_text_states()[0]
+        probe = np.sort(np.random.default_rng([self.seed, 5]).choice(len(items), size=min(256, len(items)),
+                                                                       replace=False))
+        probe_emb = self.sasrec.item_embeddings().detach().float()[probe] if method.use_id else None
+        got = tower.encode_batched([self.item_prompts(method.prompts)[i] for i in probe], "item", probe_emb,
+                                   int(llm["batch_size"]), int(llm["item_max_tokens"]), progress=False)
+        deviation = float(((got - items[probe]).norm(dim=1) / items[probe].norm(dim=1)).max())
+        user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
+        users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
+                                     budget, progress=False)
+        ranks, tied = self.rank(tower.score(users, items))
+        out = {k: v for k, v in metrics_from_ranks(ranks, [10, 100], tied=tied).items() if k != "MRR"}
+        out["max_item_deviation"] = deviation
+        _log(f"{method.name}: step 0 (closed gate) HR@100 {out['HR@100']:.4f} NDCG@10 {out['NDCG@10']:.4f}; "
+             f"item states within {deviation:.1e} of text-only")
+        return out
 
 
 def _metrics_entry(method: Method, facts: dict, ks) -> dict:
     from rarec_lite.metrics import metrics_from_ranks
 
-    ranks = np.asarray(facts["ranks"])
-    entry = {"label": method.label, "kind": method.kind, "protocol": "full-ranking", "users": int(len(ranks))}
-    entry.update(metrics_from_ranks(ranks, ks))
-    entry.update({k: v for k, v in facts.items() if k not in ("ranks", "losses")})
+    ranks, tied = np.asarray(facts["ranks"]), np.asarray(facts["tied"])
+    entry = {"label": method.label, "kind": method.kind, "protocol": "full-ranking", "ties": "expected",
+             "users": int(len(ranks))}
+    entry.update(metrics_from_ranks(ranks, ks, tied=tied))
+    entry.update({k: v for k, v in facts.items() if k not in ("ranks", "tied", "losses")})
     return entry
 
 
@@ -544,29 +651,31 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     ks = [int(k) for k in cfg["eval"]["ks"]]
     entries: dict[str, dict] = {}
     ranks: dict[str, np.ndarray] = {}
+    tied: dict[str, np.ndarray] = {}
     losses: dict[str, dict] = {}
     for name in cfg["methods"]["run"]:
         method = METHODS[name]
         done = out_dir / "methods" / f"{name}.json"
-        if done.exists():
-            saved = read_json(done)
+        saved = read_json(done) if done.exists() else None
+        if saved is not None and saved["entry"].get("ties") == "expected":
             _log(f"{name}: reusing {done}")
-        else:
+        else:  # new, or written before tie counts were kept (those ranks cannot be converted): rerun
             _log(f"{name}: {method.label}")
             facts = run.run_method(method)
             saved = {"entry": _metrics_entry(method, facts, ks), "ranks": np.asarray(facts["ranks"]).tolist(),
-                     "losses": facts.get("losses")}
+                     "tied": np.asarray(facts["tied"]).tolist(), "losses": facts.get("losses")}
             atomic_write_json(done, saved)
             e = saved["entry"]
             _log(f"{name}: HR@10 {e['HR@10']:.4f}  HR@100 {e.get('HR@100', float('nan')):.4f}  "
                  f"NDCG@10 {e['NDCG@10']:.4f}")
-        entries[name], ranks[name] = saved["entry"], np.asarray(saved["ranks"])
+        entries[name], ranks[name], tied[name] = saved["entry"], np.asarray(saved["ranks"]), np.asarray(saved["tied"])
         if saved.get("losses"):
             losses[name] = saved["losses"]
 
-    _add_confidence_intervals(entries, ranks, cfg)
+    _add_confidence_intervals(entries, ranks, tied, cfg)
     result = {
         "config": cfg["name"], "description": cfg["description"], "protocol": "full-ranking, leave-one-out",
+        "ties": "expected",
         "dataset": {"name": run.dataset.name, "users": run.dataset.num_users, "items": run.dataset.num_items,
                     "eval_users": int(len(run.eval_users))},
         "backbone": _backbone_facts(run), "methods": entries,
@@ -577,7 +686,8 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     }
     atomic_write_json(out_dir / "metrics.json", result)
     with_ranks = out_dir / "ranks.npz"
-    np.savez_compressed(with_ranks.with_suffix(".tmp.npz"), users=run.eval_users, **ranks)
+    np.savez_compressed(with_ranks.with_suffix(".tmp.npz"), users=run.eval_users, **ranks,
+                        **{f"{n}_tied": t for n, t in tied.items()})
     with_ranks.with_suffix(".tmp.npz").replace(with_ranks)
     figures = _figures(out_dir / "figures", entries, losses)
     atomic_write_text(out_dir / "report.md", format_report(result, figures))
@@ -645,9 +755,14 @@ def _backbone_facts(run: _Run) -> dict | None:
     return facts
 
 
-def _add_confidence_intervals(entries: dict, ranks: dict, cfg: dict) -> None:
+COMPARE_WITH = ("sasrec", "tfidf_knn", "id_translation")
+"""Every method is compared, paired on the same users, with each of these (when it ran)."""
+
+
+def _add_confidence_intervals(entries: dict, ranks: dict, tied: dict, cfg: dict) -> None:
     """95% bootstrap CIs of NDCG@10 and HR@100 per method (``ci95_<metric>``), and the paired
-    bootstrap CI and sign-flip p-value of each method minus SASRec (``vs_sasrec_<metric>``)."""
+    bootstrap CI and sign-flip p-value of each method minus SASRec (``vs_sasrec_<metric>``), minus
+    TF-IDF kNN (``vs_tfidf_knn_<metric>``) and minus zero-shot ID Translation (``vs_id_translation_<metric>``)."""
     from rarec_lite.metrics import paired_bootstrap, per_user_metric
 
     n_boot, seed = int(cfg["eval"]["bootstrap_resamples"]), cfg["seed"]
@@ -655,16 +770,17 @@ def _add_confidence_intervals(entries: dict, ranks: dict, cfg: dict) -> None:
         for metric in ("NDCG@10", "HR@100"):
             if metric not in entries[name]:
                 continue
-            values = per_user_metric(r, metric)
+            values = per_user_metric(r, metric, tied[name])
             # the CI of mean(a - 0) is the bootstrap CI of mean(a)
             own = paired_bootstrap(values, np.zeros_like(values), num_resamples=n_boot, seed=seed)
             entries[name][f"ci95_{metric}"] = [own.ci_low, own.ci_high]
-            if name == "sasrec" or "sasrec" not in ranks:
-                continue
-            cmp = paired_bootstrap(per_user_metric(r, metric), per_user_metric(ranks["sasrec"], metric),
-                                   num_resamples=n_boot, seed=seed)
-            entries[name][f"vs_sasrec_{metric}"] = {"diff": cmp.mean_diff, "ci_low": cmp.ci_low,
-                                                    "ci_high": cmp.ci_high, "p_value": cmp.p_value}
+            for other in COMPARE_WITH:
+                if name == other or other not in ranks:
+                    continue
+                cmp = paired_bootstrap(values, per_user_metric(ranks[other], metric, tied[other]),
+                                       num_resamples=n_boot, seed=seed)
+                entries[name][f"vs_{other}_{metric}"] = {"diff": cmp.mean_diff, "ci_low": cmp.ci_low,
+                                                         "ci_high": cmp.ci_high, "p_value": cmp.p_value}
 
 
 def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
@@ -701,7 +817,9 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
              f"Data: {ds.get('name', '?')}" + (" (the synthetic toy dataset: its numbers mean nothing)" if ds.get("name") == "toy" else "")
              + ".", "",
              f"Protocol: {result['protocol']}; {ds['eval_users']:,} test users ranked against all "
-             f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked.", ""]
+             f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked; ties: "
+             f"{result.get('ties', 'pessimistic')} (exact expectation over a uniformly random order of the items "
+             f"tied with the target).", ""]
     if bb:
         lines += [f"Backbone: {bb['name']} ({bb['architecture']}, {bb['layers']} of {bb['layers_total']} layers, "
                   f"hidden {bb['hidden']}, {bb['quantization'] or 'fp32'}, {bb['weight_mib']:.0f} MiB of weights, "
@@ -728,6 +846,28 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         lines.append(f"| {e['label']} | " + " | ".join(row) + f" | {ci_txt} | {tok_txt} | "
                      f"{e.get('soft_prompt_tokens', 0)} | {e.get('trainable_params', 0):,} | "
                      f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.1f} |")
+    pairs = [(name, e) for name, e in result["methods"].items() if any(k.startswith("vs_") for k in e)]
+    if pairs:
+        lines += ["", "Paired differences on the same users (method minus the column's baseline): mean, 95% "
+                  "bootstrap CI, sign-flip p-value.", "",
+                  "| method | " + " | ".join(f"{m} − {b}" for b in COMPARE_WITH for m in ("HR@100", "NDCG@10")) + " |",
+                  "|---|" + "---|" * (2 * len(COMPARE_WITH))]
+        for name, e in pairs:
+            cells = []
+            for b in COMPARE_WITH:
+                for m in ("HR@100", "NDCG@10"):
+                    c = e.get(f"vs_{b}_{m}")
+                    cells.append(f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3g}"
+                                 if c else "–")
+            lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+    starts = [(e, e["step0"]) for e in result["methods"].values() if e.get("step0")]
+    if starts:
+        lines += ["", "Where training starts (step 0: untrained soft prompts behind a closed gate) and where it ends:", ""]
+        for e, s0 in starts:
+            gate = ", ".join(f"{k} {v:+.1f}" for k, v in (e.get("gate") or {}).items())
+            lines.append(f"- {e['label']}: HR@100 {s0['HR@100']:.4f} -> {e['HR@100']:.4f}, NDCG@10 "
+                         f"{s0['NDCG@10']:.4f} -> {e['NDCG@10']:.4f} (step-0 item states within "
+                         f"{s0['max_item_deviation']:.1e} of text-only; learned gate {gate or '–'})")
     calls = result.get("calls", [])
     if calls:
         lines += ["", f"Wall time: {sum(c['wall_seconds'] for c in calls) / 60:.1f} min over {len(calls)} "

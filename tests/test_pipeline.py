@@ -23,7 +23,8 @@ def tiny_config(**methods) -> dict:
                 "item_max_tokens": 40, "history_items": 2},
         "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 2},
         "train": {"samples": 24, "steps": 3, "batch_size": 8, "checkpoint_every": 2},
-        "methods": {"run": methods.get("run", ["mostpop", "sasrec", "id_direct", "id_translation", "rarec"])},
+        "methods": {"run": methods.get("run", ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation",
+                                               "rarec"])},
     }
 
 
@@ -58,12 +59,12 @@ def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
     result = run_pipeline(cfg, out=tmp_path, progress=False)
     out = tmp_path / "results" / "unit-tiny"
     saved = json.loads((out / "metrics.json").read_text())
-    assert set(saved["methods"]) == {"mostpop", "sasrec", "id_direct", "id_translation", "rarec"}
+    assert set(saved["methods"]) == {"mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "rarec"}
     ranks = np.load(out / "ranks.npz")
     for name, entry in saved["methods"].items():
-        assert entry["users"] == 40 and entry["protocol"] == "full-ranking"
-        # the table's numbers are the metrics of the stored per-user ranks
-        recomputed = metrics_from_ranks(ranks[name], [10, 20, 50, 100])
+        assert entry["users"] == 40 and entry["protocol"] == "full-ranking" and entry["ties"] == "expected"
+        # the table's numbers are the metrics of the stored per-user ranks (exact expectation over ties)
+        recomputed = metrics_from_ranks(ranks[name], [10, 20, 50, 100], tied=ranks[f"{name}_tied"])
         for key, value in recomputed.items():
             assert entry[key] == pytest.approx(value)
         lo, hi = entry["ci95_NDCG@10"]
@@ -73,6 +74,12 @@ def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
     assert rarec["trainable_params"] > 0 and rarec["soft_prompt_tokens"] == 3
     assert saved["methods"]["id_translation"]["trainable_params"] == 0
     assert "vs_sasrec_NDCG@10" in rarec and "vs_sasrec_NDCG@10" not in saved["methods"]["sasrec"]
+    assert {"vs_tfidf_knn_HR@100", "vs_id_translation_HR@100"} <= set(rarec)
+    # training starts from the zero-shot model (closed gate) and reports where it started
+    assert set(rarec["step0"]) == {"HR@10", "HR@100", "NDCG@10", "NDCG@100", "max_item_deviation"}
+    assert rarec["step0"]["max_item_deviation"] < 1e-3
+    # a constant scorer of ties would get exactly chance: MostPop ties none here, TF-IDF is a real baseline
+    assert saved["methods"]["tfidf_knn"]["trainable_params"] == 0
     report = (out / "report.md").read_text()
     assert "| RA-Rec |" in report and "full-ranking" in report
     assert (out / "figures" / "metrics.png").stat().st_size > 1000
@@ -174,7 +181,8 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     cfg["llm"].update(pooling="mean", standardize=True)
     run_pipeline(cfg, out=tmp_path, progress=False)
     out = tmp_path / "results" / "unit-tiny"
-    stored = np.load(out / "ranks.npz")["id_translation"]
+    npz = np.load(out / "ranks.npz")
+    stored = npz["id_translation"] + npz["id_translation_tied"]  # the pessimistic rank
     assert "mean pooling" in (out / "report.md").read_text() and "standardised" in (out / "report.md").read_text()
 
     # independent: plain mean-pooled text states, standardised in float64 numpy, ranked by us
@@ -185,8 +193,12 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     users = tower.encode_batched([run.user_prompt("translation", u, h, 200).text
                                   for u, h in zip(run.eval_users, run.eval_histories)], "user",
                                  max_tokens=200).double().numpy()
+    # per tower: items by the catalogue's statistics, users by training users' validation prompts
+    stats = tower.encode_batched(run.stats_prompts("translation")[0], "user", max_tokens=200).double().numpy()
+    assert not set(run.stats_users()) & set(run.eval_users)  # never an evaluation user
     mu, sd = items.mean(0), items.std(0, ddof=1)
-    z = ((users - mu) / sd) @ ((items - mu) / sd).T
+    u_mu, u_sd = stats.mean(0), stats.std(0, ddof=1)
+    z = ((users - u_mu) / u_sd) @ ((items - mu) / sd).T
     expected = full_ranking_ranks(torch.from_numpy(z), run.eval_targets, run.eval_histories)
     assert np.mean(stored == expected) >= 0.95  # float32 vs float64 ties may move a rank or two
     raw = full_ranking_ranks(torch.from_numpy(users @ items.T), run.eval_targets, run.eval_histories)
