@@ -1,117 +1,172 @@
-"""SASRec on CPU: training throughput, full-ranking evaluation throughput, and the matmul floor.
+"""SASRec on CPU: each loss option's time per epoch against a plain full-CE reference, and its
+epochs and seconds to the validation plateau, measured in one run on the same data.
 
-    .venv/bin/python bench/bench_sasrec.py                  # real Clothing if found, else same-size synthetic
-    .venv/bin/python bench/bench_sasrec.py --users 4096 --steps 10 --threads 2
+    .venv/bin/python bench/bench_sasrec.py                       # all of real Clothing (~30-40 min on 2 cores)
+    .venv/bin/python bench/bench_sasrec.py --losses gbce --max-users 8000 --threads 1
+    .venv/bin/python bench/bench_sasrec.py --skip-training        # only the step timings and the evaluation
 
-Everything is measured in one run and printed as rates and ratios (never asserted):
+Everything is printed as seconds and ratios measured in this run (never asserted):
 
-* training: sequences/s of ``--steps`` optimizer steps (batch 256, full-catalogue cross-entropy,
-  and the sampled BCE loss of the original paper for comparison);
-* evaluation: users/s of :func:`rarec_lite.metrics.evaluate` (encode, score all items, mask the
-  history, rank the target) on ``--users`` validation users;
-* the floor: one ``(users x d) @ (d x items)`` matmul of the same size; the ratio
-  ``evaluation time / matmul time`` says how much of the evaluation is beyond the unavoidable
-  scoring (the Transformer encoder, the history mask and the rank counting).
+1. **time per epoch** (training steps only): the same ``--steps`` length-bucketed batches of the
+   real training data, one optimizer step each, for the plain full-CE reference
+   (``F.cross_entropy(h @ E.T, y)``), the package's full CE (:func:`rarec_lite.sasrec.full_softmax_ce`,
+   same values and gradients), gBCE with ``k`` negatives, and the paper's one-negative BCE;
+   extrapolated to one epoch and divided by the reference.
+2. **to the validation plateau**: for each ``--losses`` option, :func:`rarec_lite.sasrec.train_sasrec`
+   with the :class:`~rarec_lite.sasrec.SASRecConfig` defaults except the loss (``--set key=value``
+   adds overrides), early stopping on validation NDCG@10; prints each epoch, then the best
+   validation NDCG@10, the epoch and the wall seconds it was reached at (training + per-epoch
+   validation), the epochs run, and the test metrics of the restored best epoch over all users.
+3. **evaluation**: users/s of a full-ranking evaluation against one ``(U x d) @ (d x I)`` matmul.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rarec_lite.metrics import evaluate
-from rarec_lite.sasrec import SASRec, pad_histories, sequence_loss, training_pairs
+from rarec_lite.sasrec import (SASRec, SASRecConfig, _length_bucketed_batches, pad_histories, sequence_loss,
+                               train_sasrec, training_pairs)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_cloth"
 
 
-def load_sequences(data_dir: Path | None, seed: int) -> tuple[list[np.ndarray], int, str]:
-    """Real Clothing sequences via rarec_lite.data when available, else synthetic ones of the same size."""
-    if data_dir is not None and (data_dir / "user_sequence.txt").exists():
-        from rarec_lite.data import load_dataset
+def load(data_dir: Path, max_users: int | None):
+    from rarec_lite.data import load_dataset
 
-        ds = load_dataset("cloth", raw_dir=data_dir)
-        return ds.sequences, ds.num_items, f"real Clothing ({data_dir})"
-    rng = np.random.default_rng(seed)
-    num_users, num_items = 39_387, 23_033
-    lengths = np.clip(rng.geometric(1 / 3, size=num_users) + 4, 5, 136)  # mean ~7, like Clothing
-    seqs = [rng.choice(num_items, size=n, replace=False) for n in lengths]
-    return seqs, num_items, "synthetic, Clothing-sized (39,387 users, 23,033 items)"
+    if (data_dir / "user_sequence.txt").exists():
+        return load_dataset("cloth", raw_dir=data_dir, max_users=max_users), f"real Clothing ({data_dir})"
+    return load_dataset("toy", max_users=max_users), "the synthetic toy dataset (real Clothing not found)"
 
 
-def timed(fn, repeat: int = 1) -> float:
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
+def plain_ce(model: SASRec, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference: full-catalogue cross-entropy as one would first write it."""
+    states = model(x)
+    keep = y != 0
+    return F.cross_entropy(states[keep] @ model.item_embeddings().T, y[keep] - 1)
+
+
+def time_steps(ds, cfg: SASRecConfig, steps: int) -> None:
+    split = ds.split()
+    inputs, targets = training_pairs(split.train, cfg.max_len)
+    lengths = (inputs != 0).sum(1)
+    gen = torch.Generator().manual_seed(0)
+    batches = _length_bucketed_batches(lengths, cfg.batch_size, gen)
+    per_epoch = len(batches)
+    chosen = [batches[i] for i in torch.randperm(per_epoch, generator=gen)[:steps].tolist()]
+    options = [
+        ("ce-plain (reference)", lambda m, x, y, g: plain_ce(m, x, y)),
+        ("ce", lambda m, x, y, g: sequence_loss(m, x, y, "ce")),
+        (f"gbce k={cfg.num_negatives}", lambda m, x, y, g: sequence_loss(m, x, y, "gbce", g, cfg.num_negatives, cfg.gbce_t)),
+        ("bce (1 negative)", lambda m, x, y, g: sequence_loss(m, x, y, "bce", g)),
+    ]
+    print(f"\n-- 1. time per epoch: {len(chosen)} of the {per_epoch} batches of an epoch (batch {cfg.batch_size}), "
+          "one AdamW step each --")
+    ref = None
+    for name, fn in options:
+        torch.manual_seed(0)
+        model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        g = torch.Generator().manual_seed(1)
+
+        def run(batch_list):
+            for idx in batch_list:
+                w = int(lengths[idx].max())
+                loss = fn(model, inputs[idx][:, -w:], targets[idx][:, -w:], g)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        run(chosen[:2])  # warm-up
+        start = time.perf_counter()
+        run(chosen)
+        seconds = (time.perf_counter() - start) / len(chosen) * per_epoch
+        ref = ref or seconds
+        print(f"{name:<22} {seconds:7.1f} s of training steps per epoch   {seconds / ref:5.2f}x the reference")
+
+
+def to_plateau(ds, losses: list[str], overrides: dict, epochs: int, patience: int, out_root: Path) -> None:
+    print(f"\n-- 2. to the validation plateau: SASRecConfig defaults + {overrides or 'nothing'}, "
+          f"at most {epochs} epochs, patience {patience} --")
+    rows = []
+    for loss in losses:
+        cfg = dict(overrides, loss=loss, epochs=epochs, patience=patience)
+        start = time.perf_counter()
+        run = train_sasrec(ds, out_root / f"bench-{loss}", progress=False, **cfg)
+        wall = time.perf_counter() - start
+        hist = run.metrics["history"]
+        best = run.metrics["best_epoch"]
+        to_best = sum(h["seconds"] for h in hist[:best])
+        print(f"{loss}: " + "  ".join(f"{h['epoch']}:{h['valid_ndcg10']:.4f}" for h in hist))
+        rows.append((loss, run.metrics["valid"]["NDCG@10"], best, to_best, len(hist),
+                     np.mean([h["seconds"] for h in hist]), run.test.metrics, wall))
+    print(f"\n{'loss':<6} {'best valid NDCG@10':>18} {'epoch':>5} {'s to best':>9} {'epochs':>6} {'s/epoch':>7} "
+          f"{'test NDCG@10':>12} {'HR@10':>7} {'HR@100':>7} {'wall s':>7}")
+    for loss, v, best, to_best, n, per, test, wall in rows:
+        print(f"{loss:<6} {v:18.4f} {best:5d} {to_best:9.0f} {n:6d} {per:7.1f} {test['NDCG@10']:12.4f} "
+              f"{test['HR@10']:7.4f} {test['HR@100']:7.4f} {wall:7.0f}")
+
+
+def eval_speed(ds, cfg: SASRecConfig, users: int) -> None:
+    print(f"\n-- 3. full-ranking evaluation, {users} validation users --")
+    split = ds.split()
+    model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout).eval()
+    n = min(users, ds.num_users)
+    hist, target = split.valid_history[:n], np.asarray(split.valid_target[:n])
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.encode(pad_histories(hist, cfg.max_len, trim=True))
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        evaluate(model.score_histories, hist, target, ds.num_items, batch_size=cfg.eval_batch_size)
+        eval_s = time.perf_counter() - start
+        u, items = torch.randn(n, cfg.hidden), model.item_embeddings().clone()
+        u @ items.T  # warm-up
+        start = time.perf_counter()
+        for _ in range(3):
+            u @ items.T
+        matmul_s = (time.perf_counter() - start) / 3
+    print(f"evaluate (encode + score + mask + rank): {n / eval_s:8.0f} users/s ({eval_s:.2f} s), "
+          f"of which the encoder {encode_s:.2f} s")
+    print(f"floor: one ({n} x {cfg.hidden}) @ ({cfg.hidden} x {ds.num_items}) matmul {matmul_s:.3f} s; "
+          f"evaluation / floor {eval_s / matmul_s:.1f}x; all {ds.num_users} users ~{ds.num_users * eval_s / n:.0f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED)
-    ap.add_argument("--users", type=int, default=4096, help="users evaluated")
-    ap.add_argument("--steps", type=int, default=8, help="training steps timed per loss")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--max-users", type=int, default=None, help="a fixed random slice of the users (default: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30, help="batches timed per loss in part 1")
+    ap.add_argument("--losses", default="ce,gbce", help="comma-separated loss options trained in part 2")
+    ap.add_argument("--epochs", type=int, default=SASRecConfig.epochs)
+    ap.add_argument("--patience", type=int, default=SASRecConfig.patience)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a SASRecConfig override for part 2 (JSON value), e.g. --set dropout=0.3")
+    ap.add_argument("--skip-training", action="store_true", help="parts 1 and 3 only")
+    ap.add_argument("--eval-users", type=int, default=4096)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    seqs, num_items, source = load_sequences(args.data, seed=0)
-    print(f"data: {source}; {len(seqs)} users, {num_items} items; torch {torch.__version__}, "
-          f"{args.threads} thread(s)")
-    model = SASRec(num_items, hidden=args.hidden, max_len=args.max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train = [s[:-2] for s in seqs]
-    inputs, targets = training_pairs(train, args.max_len)
-    lengths = (inputs != 0).sum(1)
-    order = torch.argsort(lengths)  # length-bucketed batches, as the trainer makes them
-    rng = np.random.default_rng(0)
-    starts = rng.integers(0, len(order) - args.batch_size, size=args.steps)
-
-    print("\n-- training (one step = forward + backward + Adam) --")
-    for loss in ("ce", "bce"):
-        model.train()
-
-        def steps(loss=loss):
-            for start in starts:
-                idx = order[start : start + args.batch_size]
-                x, y = inputs[idx], targets[idx]
-                w = int(lengths[idx].max())
-                value = sequence_loss(model, x[:, -w:], y[:, -w:], loss)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
-
-        steps()  # warm-up (first call imports and allocates)
-        seconds = timed(steps)
-        rate = args.steps * args.batch_size / seconds
-        print(f"loss={loss:<4} {rate:8.0f} sequences/s   -> one Clothing epoch ({len(inputs)} sequences) "
-              f"~{len(inputs) / rate:6.0f} s")
-
-    print(f"\n-- full-ranking evaluation, {args.users} users --")
-    model.eval()
-    users = np.arange(min(args.users, len(seqs)))
-    hist = [seqs[u][:-2] for u in users]
-    target = np.array([seqs[u][-2] for u in users])
-    with torch.no_grad():
-        encode_s = timed(lambda: model.encode(pad_histories(hist, args.max_len, trim=True)))
-        eval_s = timed(lambda: evaluate(model.score_histories, hist, target, num_items, batch_size=1024))
-        u = torch.randn(len(users), args.hidden)
-        items = model.item_embeddings().detach().clone()
-        u @ items.T  # warm-up
-        matmul_s = timed(lambda: u @ items.T, repeat=3)
-    print(f"evaluate (encode + score + mask + rank): {len(users) / eval_s:8.0f} users/s  ({eval_s:.2f} s)")
-    print(f"  of which the encoder alone:            {len(users) / encode_s:8.0f} users/s  ({encode_s:.2f} s)")
-    print(f"floor: one ({len(users)} x {args.hidden}) @ ({args.hidden} x {num_items}) matmul: {matmul_s:.3f} s")
-    print(f"ratio evaluation / matmul floor: {eval_s / matmul_s:.1f}x")
-    print(f"-> all {len(seqs)} users: ~{len(seqs) / (len(users) / eval_s):.0f} s per full-ranking evaluation")
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = SASRecConfig(**overrides)
+    ds, source = load(args.data, args.max_users)
+    print(f"data: {source}; {ds.num_users} users, {ds.num_items} items; torch {torch.__version__}, "
+          f"{args.threads} thread(s); config {json.dumps(dataclasses.asdict(cfg))}")
+    time_steps(ds, cfg, args.steps)
+    if not args.skip_training:
+        with tempfile.TemporaryDirectory() as tmp:
+            to_plateau(ds, [s.strip() for s in args.losses.split(",") if s.strip()], overrides,
+                       args.epochs, args.patience, Path(tmp))
+    eval_speed(ds, cfg, args.eval_users)
 
 
 if __name__ == "__main__":

@@ -369,3 +369,17 @@ def test_full_softmax_ce_value_and_gradients_match_torch():
     torch.testing.assert_close(got[0], h.grad)
     torch.testing.assert_close(got[1], table.grad)
     assert got[1][0].abs().max() == 0  # the padding row gets no gradient
+
+
+def test_train_sasrec_help_shows_every_config_default(capsys):
+    import dataclasses
+
+    from rarec_lite import cli
+    from rarec_lite.sasrec import SASRecConfig
+
+    with pytest.raises(SystemExit):
+        cli.main(["train-sasrec", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(SASRecConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert f"(default: {f.default})" in text, f.name
