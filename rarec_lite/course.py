@@ -285,32 +285,28 @@ def eval_users(cfg: CourseSettings, dataset):
 
 
 def sasrec_run(cfg: CourseSettings, dataset, progress: bool | None = None):
-    """Train SASRec for the course settings, or resume/reuse the run in :func:`run_dir`.
+    """Train SASRec for the course settings, or reuse the cached run (:func:`rarec_lite.sasrec.cached_sasrec_run`).
 
-    Quick mode: hidden 32, ``max_len`` 20, 1 layer; full mode: the :class:`rarec_lite.sasrec.SASRecConfig`
-    defaults (hidden 64, ``max_len`` 50, 2 layers, early stopping on validation NDCG@10).
-
-    The run directory's name carries a short hash of the hyper-parameters a checkpoint cannot
-    change (all but ``epochs``/``patience``), so a run left in ``$RAREC_HOME`` by an older
-    version of the course with other defaults is not resumed by mistake (nor does it block).
+    Quick mode: hidden 32, ``max_len`` 20, 1 layer, ``cfg.sasrec_epochs`` epochs. Full mode: the
+    ``[sasrec]`` section of the pipeline's ``cpu-quick`` config (the :class:`rarec_lite.sasrec.SASRecConfig`
+    defaults plus its overrides, early stopping on validation NDCG@10), so the notebooks and the
+    main job use one trained encoder. The run lives in ``$RAREC_HOME/runs/sasrec-<data>-<data hash>-<config
+    hash>``: a run from other data or other hyper-parameters is never resumed by mistake.
 
     Returns:
         :class:`rarec_lite.sasrec.SASRecRun`.
     """
-    import dataclasses
-    import hashlib
-    import json
-
     from rarec_lite import sasrec
 
-    size = dict(hidden=32, max_len=20, num_layers=1) if cfg.quick else {}
-    fixed = {**dataclasses.asdict(sasrec.SASRecConfig()), **size, "seed": cfg.seed}
-    for key in ("epochs", "patience", "eval_batch_size"):
-        fixed.pop(key)
-    tag = hashlib.sha1(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]
-    return sasrec.train_sasrec(dataset, run_dir(cfg, f"sasrec-{tag}", dataset), device=cfg.device,
-                               progress=(not cfg.quick) if progress is None else progress,
-                               epochs=cfg.sasrec_epochs, seed=cfg.seed, **size)
+    if cfg.quick:
+        over = dict(hidden=32, max_len=20, num_layers=1)
+    else:
+        from rarec_lite.pipeline import load_config
+
+        over = dict(load_config("cpu-quick")["sasrec"])
+    over["epochs"] = cfg.sasrec_epochs
+    return sasrec.cached_sasrec_run(dataset, device=cfg.device, progress=(not cfg.quick) if progress is None else progress,
+                                    seed=cfg.seed, **over)
 
 
 def user_id_embeddings(model, histories):

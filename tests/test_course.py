@@ -303,23 +303,27 @@ def test_two_tower_standardises_with_a_seeded_item_sample():
     assert rec(2) == torch.topk(scores, 5).indices.tolist()
 
 
-def test_sasrec_run_dir_is_keyed_by_its_fixed_hyperparameters(monkeypatch, tmp_path):
+def test_sasrec_run_is_the_shared_cached_run(monkeypatch, tmp_path):
+    from rarec_lite import sasrec
     from rarec_lite.data import synthetic_dataset
+    from rarec_lite.pipeline import load_config
 
     monkeypatch.setenv("RAREC_HOME", str(tmp_path))
     ds = synthetic_dataset(num_users=60, num_items=40, seed=0, num_clusters=2)
     cfg = course.CourseSettings(True, "cpu", None, "tiny-llama", 60, 1, 1, 2, 10)
-    # a run left by an older version with other hyper-parameters, under the old, untagged name
-    stale = tmp_path / "runs" / "course-sasrec-toy-u60-seed0"
-    stale.mkdir(parents=True)
-    (stale / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
     first = course.sasrec_run(cfg, ds, progress=False)
-    name = first.out_dir.name
-    assert name.startswith("course-sasrec-") and name.endswith("-toy-u60-seed0") and first.out_dir != stale
-    assert len(name.split("-")[2]) == 8  # the hash of the fixed hyper-parameters
-    # the same settings find the same run (resumed, not retrained); another seed gets its own
+    # the run dir is keyed by the data and the hyper-parameters (sasrec.sasrec_run_dir), under $RAREC_HOME/runs
+    assert first.out_dir == sasrec.sasrec_run_dir(ds, hidden=32, max_len=20, num_layers=1, seed=0)
+    assert first.out_dir.parent == tmp_path / "runs" and first.out_dir.name.startswith("sasrec-toy-")
+    # the same settings reuse the finished run (not retrained); another seed gets its own
     again = course.sasrec_run(cfg, ds, progress=False)
-    assert again.out_dir == first.out_dir and again.metrics["test"] == first.metrics["test"]
+    assert again.reused and again.out_dir == first.out_dir and again.metrics["test"] == first.metrics["test"]
     other = course.sasrec_run(course.CourseSettings(True, "cpu", None, "tiny-llama", 60, 1, 1, 2, 10, seed=1),
                               ds, progress=False)
-    assert other.out_dir.name.endswith("seed1") and other.out_dir.name.split("-")[2] != name.split("-")[2]
+    assert other.out_dir != first.out_dir
+    # full mode asks for the main job's encoder (cpu-quick's [sasrec]): the pipeline's cached run
+    seen = {}
+    monkeypatch.setattr(sasrec, "cached_sasrec_run", lambda dataset, **kw: seen.update(kw))
+    course.sasrec_run(course.CourseSettings(False, "cpu", None, "smollm2-135m", None, 7, 1, 2, 10), ds)
+    model_cfg = {k: v for k, v in seen.items() if k not in ("device", "progress")}
+    assert sasrec.sasrec_run_dir(ds, **model_cfg) == sasrec.sasrec_run_dir(ds, seed=0, **load_config("cpu-quick")["sasrec"])
