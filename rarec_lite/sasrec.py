@@ -23,11 +23,22 @@ and full-catalogue cross-entropy as the default loss (the paper's loss, one samp
 with binary cross-entropy, is ``loss="bce"``; ``loss="bpr"`` is Rendle et al. 2009).
 Full-catalogue cross-entropy gives clearly better full-ranking numbers for the same time
 (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than
-SASRec?", RecSys 2023).
+SASRec?", RecSys 2023). ``loss="gbce"`` is gSASRec's calibrated binary cross-entropy with many
+sampled negatives (Petrov & Macdonald, RecSys 2023), cheaper per step than the full softmax.
 
-Histories are **right-aligned**: the most recent item is always in the last column, earlier
-columns are padded with 0. Positions are counted in that window (column ``L - 1`` is always
-the most recent item), so a batch may be cut to its longest history without changing anything.
+Which interactions SASRec sees (the one place this is written down). For a user with
+chronological sequence ``s`` (leave-one-out, :meth:`rarec_lite.data.Dataset.split`):
+
+* **training**: ``split.train = s[:-2]``; every position predicts the next item of ``s[:-2]``,
+  so the training targets are ``s[1:-2]``;
+* **validation** (early stopping, the best epoch is kept): history ``s[:-2]``, target ``s[-2]``;
+* **test**: history ``s[:-1]``, target ``s[-1]``.
+
+The RA-Rec alignment trains on the validation pairs ``(s[:-2], s[-2])``
+(:func:`rarec_lite.sampling.make_samples` with ``part="valid"``, the pipeline's default
+``[train] samples_from``): no alignment target is a SASRec training target (SASRec only used
+``s[-2]`` to pick its epoch), and neither model trains on ``s[-1]``. Keep this split: training
+SASRec on ``s[:-1]`` would make every alignment target a memorised SASRec target.
 """
 
 from __future__ import annotations
