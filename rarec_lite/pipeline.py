@@ -40,7 +40,7 @@ import torch
 
 from rarec_lite.files import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["METHODS", "Method", "load_config", "config_path", "run_pipeline", "format_report"]
+__all__ = ["METHODS", "Method", "Experiment", "load_config", "config_path", "run_pipeline", "format_report"]
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -224,8 +224,18 @@ def _log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ the run
-class _Run:
-    """State shared by the stages of one pipeline run (kept in one place for readability)."""
+class Experiment:
+    """One run of a config: its data, SASRec, backbone and every method's steps, cached.
+
+    :func:`run_pipeline` drives it over the config's methods; notebook 06 calls the same steps
+    (:meth:`samples`, :meth:`build_tower`, :meth:`step0`, :meth:`train`, :meth:`evaluate_tower`)
+    one at a time, so the course and the pipeline compute RA-Rec one way.
+
+    Args:
+        cfg: a resolved config (:func:`load_config`).
+        out_dir: where caches, checkpoints and results go.
+        progress: tqdm bars.
+    """
 
     def __init__(self, cfg: dict, out_dir: Path, progress: bool):
         self.cfg, self.out, self.progress = cfg, out_dir, progress
@@ -484,67 +494,101 @@ class _Run:
         return self.run_llm_method(method, t0)
 
     def run_llm_method(self, method: Method, t0: float) -> dict:
-        from rarec_lite.alignment import RAAlignment, TwoTower
-
-        llm, t, a = self.cfg["llm"], self.cfg["train"], self.cfg["alignment"]
-        budget = int(llm["user_max_tokens"])
-        eval_prompts = [self.user_prompt(method.prompts, u, h, budget)
-                        for u, h in zip(self.eval_users, self.eval_histories)]
+        """An LLM method end to end: build its towers, train them when it is a trained method
+        (reporting the step-0 metrics first), then rank the evaluation users (:meth:`evaluate_tower`)."""
+        budget = int(self.cfg["llm"]["user_max_tokens"])
+        eval_prompts = self.eval_prompts(method)
         facts: dict[str, Any] = {
             "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
             "prompt_tokens_needed": float(np.mean([p.tokens_needed for p in eval_prompts])),
             "truncated_share": float(np.mean([p.truncated for p in eval_prompts])),
         }
-        train_result = None
+        tower = self.build_tower(method)
         if method.kind == "zero-shot":
-            tower = TwoTower(self.backbone, None, self.pooling)
-            self._standardize(tower, method)
             facts.update(trainable_params=0, train_samples=0, train_seconds=0.0, soft_prompt_tokens=0)
         else:
-            from rarec_lite.train import TrainConfig, train_alignment
+            if self.cfg["eval"]["step0"] and float(self.cfg["alignment"]["gate_init"]) < 0:
+                facts["step0"] = self.step0(tower, method)
+            samples, sample_report = self.samples(method.data_construction)
+            result = self.train(tower, method)
+            alignment, info = tower.alignment, self.backbone.info
+            facts.update(trainable_params=alignment.num_trainable(),
+                         trainable_share=alignment.num_trainable() / max(info.num_parameters, 1),
+                         train_samples=len(samples), train_seconds=result.seconds,
+                         soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
+                         gate={k: float(alignment.prefix_bias(k).detach()) for k in alignment.gate},
+                         losses={"bpr": result.bpr, "infonce": result.infonce, "total": result.total})
+        facts["ranks"], facts["tied"] = self.evaluate_tower(tower, method)
+        facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
+        return facts
 
-            info = self.backbone.info
-            gate = float(a["gate_init"])
-            alignment = RAAlignment(info, id_dim=int(self.sasrec.config["hidden"]),
+    # -- the steps of an LLM method (the pipeline and notebook 06 call the same ones) -------------
+    def eval_prompts(self, method: Method) -> list:
+        """The evaluation users' prompts (:class:`rarec_lite.prompts.PromptResult`) of ``method``."""
+        budget = int(self.cfg["llm"]["user_max_tokens"])
+        return [self.user_prompt(method.prompts, u, h, budget) for u, h in zip(self.eval_users, self.eval_histories)]
+
+    def build_tower(self, method: Method):
+        """The two towers of ``method`` (with a fresh :class:`~rarec_lite.alignment.RAAlignment` when
+        it trains), standardised with the step-0 statistics (:meth:`_standardize`)."""
+        from rarec_lite.alignment import RAAlignment, TwoTower
+
+        alignment = None
+        if method.kind == "trained":
+            a = self.cfg["alignment"]
+            alignment = RAAlignment(self.backbone.info, id_dim=int(self.sasrec.config["hidden"]),
                                     num_id_tokens=int(a["num_id_tokens"]),
                                     num_instruction_tokens=int(a["num_instruction_tokens"]),
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
-                                    use_id=method.use_id, seed=self.seed, gate_init=gate)
-            tower = TwoTower(self.backbone, alignment, self.pooling)
-            self._standardize(tower, method)  # step-0 statistics; training refreshes them, see below
-            samples, sample_report = self.samples(method.data_construction)
-            lam = float(t["lambda_infonce"]) if method.lam_applies else 0.0
-            key = "constructed" if method.data_construction else "plain"
-            cache = self.text_cache(samples, key) if lam > 0 else None
-            train_prompts = [self.user_prompt(method.prompts, s.user, s.history, budget).text for s in samples]
-            item_id_emb = self.sasrec.item_embeddings().detach().float() if method.use_id else None
-            user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
-                if method.use_id else None
-            if self.cfg["eval"]["step0"] and gate < 0:
-                facts["step0"] = self._step0(tower, method, eval_prompts)
-            tcfg = TrainConfig(steps=int(t["steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
-                               weight_decay=float(t["weight_decay"]), lam=lam, temperature=float(t["temperature"]),
-                               seed=self.seed, max_user_tokens=budget, max_item_tokens=int(llm["item_max_tokens"]),
-                               checkpoint_every=int(t["checkpoint_every"]), rank_loss=t["rank_loss"],
-                               negatives=int(t["negatives"]), refresh_every=int(t["refresh_every"]),
-                               restandardize=bool(t["restandardize"]), stats_users=int(t["stats_users"]),
-                               warmup=float(t["warmup"]), schedule=t["schedule"],
-                               gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]))
-            _log(f"{method.name}: training {alignment.num_trainable():,} parameters on {len(samples):,} samples "
-                 f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} cached negatives, {tcfg.rank_loss})")
-            train_result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts),
-                                           user_fn, item_id_emb, cache, tcfg, self.out / "train" / method.name,
-                                           progress=self.progress)
-            alignment.eval()
-            facts.update(trainable_params=alignment.num_trainable(),
-                         trainable_share=alignment.num_trainable() / max(info.num_parameters, 1),
-                         train_samples=len(samples), train_seconds=train_result.seconds,
-                         soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
-                         gate={k: float(alignment.prefix_bias(k).detach()) for k in alignment.gate},
-                         losses={"bpr": train_result.bpr, "infonce": train_result.infonce,
-                                 "total": train_result.total})
+                                    use_id=method.use_id, seed=self.seed, gate_init=float(a["gate_init"]))
+        tower = TwoTower(self.backbone, alignment, self.pooling)
+        self._standardize(tower, method)
+        return tower
 
-        # item tower over the whole catalogue
+    def train_config(self, method: Method):
+        """The :class:`rarec_lite.train.TrainConfig` of ``method`` from the config's ``[train]`` section."""
+        from rarec_lite.train import TrainConfig
+
+        t, llm = self.cfg["train"], self.cfg["llm"]
+        lam = float(t["lambda_infonce"]) if method.lam_applies else 0.0
+        return TrainConfig(steps=int(t["steps"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
+                           weight_decay=float(t["weight_decay"]), lam=lam, temperature=float(t["temperature"]),
+                           seed=self.seed, max_user_tokens=int(llm["user_max_tokens"]),
+                           max_item_tokens=int(llm["item_max_tokens"]), checkpoint_every=int(t["checkpoint_every"]),
+                           rank_loss=t["rank_loss"], negatives=int(t["negatives"]),
+                           refresh_every=int(t["refresh_every"]), restandardize=bool(t["restandardize"]),
+                           stats_users=int(t["stats_users"]), warmup=float(t["warmup"]), schedule=t["schedule"],
+                           gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]))
+
+    def train(self, tower, method: Method, progress: bool | None = None):
+        """Train ``tower.alignment`` on the method's samples (:func:`rarec_lite.train.train_alignment`;
+        resumes from ``OUT/train/<method>``). Returns the :class:`~rarec_lite.train.TrainResult`."""
+        from rarec_lite.train import train_alignment
+
+        budget = int(self.cfg["llm"]["user_max_tokens"])
+        tcfg = self.train_config(method)
+        samples, _ = self.samples(method.data_construction)
+        key = "constructed" if method.data_construction else "plain"
+        cache = self.text_cache(samples, key) if tcfg.lam > 0 else None
+        train_prompts = [self.user_prompt(method.prompts, s.user, s.history, budget).text for s in samples]
+        item_id_emb = self.sasrec.item_embeddings().detach().float() if method.use_id else None
+        user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
+            if method.use_id else None
+        _log(f"{method.name}: training {tower.alignment.num_trainable():,} parameters on {len(samples):,} samples "
+             f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} cached negatives, {tcfg.rank_loss})")
+        result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts), user_fn,
+                                 item_id_emb, cache, tcfg, self.out / "train" / method.name,
+                                 progress=self.progress if progress is None else progress)
+        tower.alignment.eval()
+        return result
+
+    def evaluate_tower(self, tower, method: Method):
+        """Rank the whole catalogue for the evaluation users with ``tower``: ``(greater, tied)``.
+
+        The item tower encodes every item (the cached text-only states for zero-shot text
+        methods); a trained tower first gets its own statistics (the whole catalogue, and
+        training users' prompts: :meth:`stats_prompts`)."""
+        llm, budget = self.cfg["llm"], int(self.cfg["llm"]["user_max_tokens"])
         if method.kind == "zero-shot" and method.prompts != "id_direct":
             items = self.item_text_states()[0]
         else:
@@ -554,20 +598,16 @@ class _Run:
                                          int(llm["batch_size"]), int(llm["item_max_tokens"]),
                                          progress=self.progress)
         if method.kind == "trained" and self.cfg["llm"]["standardize"]:
-            # the trained towers' own statistics: the whole catalogue, and training users' prompts
             prompts, hist = self.stats_prompts(method.prompts)
             emb = self.user_id_embeddings(hist) if method.use_id else None
             u_states = tower.encode_batched(prompts, "user", emb, int(llm["batch_size"]), budget, progress=False)
             tower.set_standardization(items, u_states)
-        # user tower over the evaluation users
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
-        users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
-                                     budget, progress=self.progress)
-        facts["ranks"], facts["tied"] = self.rank(tower.score(users, items))
-        facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
-        return facts
+        users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", user_emb,
+                                     int(llm["batch_size"]), budget, progress=self.progress)
+        return self.rank(tower.score(users, items))
 
-    def _step0(self, tower, method: "Method", eval_prompts) -> dict:
+    def step0(self, tower, method: "Method") -> dict:
         """Metrics of the untrained aligned towers (closed gate): what training starts from.
 
         The user tower runs for real on the evaluation users; the item tower's catalogue is taken
@@ -586,8 +626,8 @@ class _Run:
                                    int(llm["batch_size"]), int(llm["item_max_tokens"]), progress=False)
         deviation = float(((got - items[probe]).norm(dim=1) / items[probe].norm(dim=1)).max())
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
-        users = tower.encode_batched([p.text for p in eval_prompts], "user", user_emb, int(llm["batch_size"]),
-                                     budget, progress=False)
+        users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", user_emb,
+                                     int(llm["batch_size"]), budget, progress=False)
         ranks, tied = self.rank(tower.score(users, items))
         out = {k: v for k, v in metrics_from_ranks(ranks, [10, 100], tied=tied).items() if k != "MRR"}
         out["max_item_deviation"] = deviation
@@ -644,7 +684,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     started = time.time()
     _log(f"config {cfg['name']}: {cfg['description']} -> {out_dir}")
 
-    run = _Run(cfg, out_dir, progress)
+    run = Experiment(cfg, out_dir, progress)
     run.load_data()
     _check_same_data(out_dir, run.dataset)
     run.load_sasrec()
@@ -740,7 +780,7 @@ def _check_same_data(out_dir: Path, dataset) -> None:
         atomic_write_json(path, current)
 
 
-def _backbone_facts(run: _Run) -> dict | None:
+def _backbone_facts(run: Experiment) -> dict | None:
     """The backbone's facts for the report, kept in ``backbone.json`` so a fully resumed run
     (which never loads the LLM) still reports them."""
     path = run.out / "backbone.json"

@@ -175,7 +175,7 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
 
     from rarec_lite.alignment import TwoTower
     from rarec_lite.metrics import full_ranking_ranks
-    from rarec_lite.pipeline import _Run, load_config
+    from rarec_lite.pipeline import Experiment, load_config
 
     cfg = tiny_config(run=["mostpop", "id_translation"])
     cfg["llm"].update(pooling="mean", standardize=True)
@@ -186,7 +186,7 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     assert "mean pooling" in (out / "report.md").read_text() and "standardised" in (out / "report.md").read_text()
 
     # independent: plain mean-pooled text states, standardised in float64 numpy, ranked by us
-    run = _Run(load_config(cfg), out, progress=False)
+    run = Experiment(load_config(cfg), out, progress=False)
     run.load_data()
     tower = TwoTower(run.backbone, None, pooling="mean")
     items = tower.encode_batched(run.item_prompts("translation"), "item", max_tokens=40).double().numpy()
