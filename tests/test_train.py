@@ -178,3 +178,32 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
     with pytest.raises(RuntimeError, match="gradient guard"):
         train_alignment(tower, samples, up, ip, ue, ie, cache, TrainConfig(steps=2, batch_size=4), tmp_path,
                         progress=False)
+
+
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization):
+    # the pipeline's order: a no-grad pass first (standardisation statistics), then training. On CPUs
+    # with AVX512-BF16, bitsandbytes 0.50.2 used to repack 4-bit weights on that pass and pass no
+    # gradient afterwards; load_backbone switches that path off, and the guard would catch it.
+    if quantization:
+        pytest.importorskip("bitsandbytes")
+    from rarec_lite.llm import load_backbone
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAREC_HOME", str(tmp_path / "home"))
+        bb = load_backbone("tiny-llama", quantization=quantization)
+    samples = [Sample(u, (u % 6, (u + 2) % 6), (u + 1) % 6) for u in range(8)]
+    up = [f"bought: {ITEM_TEXT[s.history[-1]]}" for s in samples]
+    ip = [f"Product: {t}" for t in ITEM_TEXT]
+    g = torch.Generator().manual_seed(0)
+    ue, ie = torch.randn(8, ID_DIM, generator=g), torch.randn(6, ID_DIM, generator=g)
+    tower = TwoTower(bb, RAAlignment(bb.info, ID_DIM, num_id_tokens=1, num_instruction_tokens=2, seed=0),
+                     pooling="mean")
+    tower.set_standardization(tower.sample_text_states(ip, 6, seed=0), tower.sample_text_states(up, 8, seed=0))
+    cache = build_text_cache(tower, up, ip, list(range(6)), max_user_tokens=32)
+    start = {k: v.clone() for k, v in tower.alignment.state_dict().items()}
+    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, negatives=4, refresh_every=2, stats_users=4)
+    train_alignment(tower, samples, up, ip, ue, ie, cache, cfg, tmp_path / "run", progress=False)
+    moved = {k: float((v - start[k]).abs().max()) for k, v in tower.alignment.state_dict().items()}
+    # every tensor moved: the instruction and the gate only learn through the (4-bit) LLM layers
+    assert all(m > 0 for m in moved.values()), moved
