@@ -37,6 +37,9 @@ Quantization (Dettmers et al. 2023, QLoRA, for NF4; Dettmers et al. 2022, LLM.in
             ``models_dir()/"<name>-nf4-cpu"`` and later loads take ~2 s. NF4 saves memory,
             not time, on a CPU: bitsandbytes dequantizes each weight at every matmul, so a
             SmolLM2 forward is ~1.2-2.4x slower than fp32 (``bench/bench_llm.py``).
+            On CPUs with AVX512-BF16, bitsandbytes 0.50 would repack the 4-bit weights on the
+            first no-grad pass into a layout with no gradient; every NF4 load is therefore
+            put on the differentiable path (:func:`ensure_trainable_4bit_path`).
 ``"int8"``  bitsandbytes LLM.int8(). Works on CPU with bitsandbytes 0.50: weights stored int8
             with per-row scales; activations are cast fp32 -> fp16 for the int8 matmul.
             Compute dtype fp32 on CPU, fp16 on a GPU.
@@ -453,6 +456,80 @@ def _truncate_layers(config, max_layers: int | None) -> int:
     return total
 
 
+def ensure_trainable_4bit_path(model) -> int:
+    """Keep every bitsandbytes 4-bit layer of ``model`` on its differentiable CPU path.
+
+    Why: with bitsandbytes 0.50.2 (checked against its ``nn/modules.py`` and
+    ``functional.py``), each ``bnb.nn.Linear4bit`` sets ``support_avx512bf16_for_cpu =
+    has_avx512bf16()`` when it is built, i.e. True on CPUs whose flags include
+    ``avx512_bf16`` (AMX Xeons). ``Linear4bit.forward`` then, the first time it sees a CPU
+    input with ``requires_grad == False`` while the module is in eval mode (any forward under
+    ``torch.no_grad()``, and even layer 0's text tokens in a training pass), repacks its weight
+    **in place** into an AVX512-BF16 layout (``_convert_weight_packed_for_cpu``, which sets
+    ``weight.quant_state.packing_format_for_cpu = True``). From then on ``bnb.matmul_4bit``
+    sends every call to ``bitsandbytes::gemv_4bit``, a bf16 kernel with no autograd formula:
+    no gradient flows back through the layer any more (torch warns "an autograd kernel was not
+    registered"; RA-Rec's soft prompts, which reach the LLM only through the 4-bit K/V
+    projections, then get no gradient at all), and a zero-length input kills the interpreter
+    with SIGFPE. The course always runs a no-grad pass first (standardisation statistics,
+    zero-shot methods), so on such CPUs training silently did nothing (issue 12).
+
+    What: sets ``support_avx512bf16_for_cpu = False`` on every ``Linear4bit`` (the flag is
+    only read for CPU inputs, so this is a no-op on a GPU) and undoes a repacking that already
+    happened (bitsandbytes' own ``_convert_weight_packed_for_cpu_inverse``, the same call its
+    ``Params4bit.cuda()`` and ``state_dict`` use; with double quantization it re-quantizes the
+    block scales, a best-effort inverse). :func:`load_backbone` calls it on every load.
+
+    Cost: on AVX512-BF16 CPUs, no-grad NF4 inference loses bitsandbytes' fused bf16 kernel and
+    dequantizes each weight to the fp32 compute dtype at every matmul, as on every other CPU
+    (``bench/bench_llm.py`` times this path); outputs are computed in fp32 instead of bf16.
+
+    Args:
+        model: any ``torch.nn.Module``; layers other than ``Linear4bit`` are left alone.
+
+    Returns:
+        the number of ``Linear4bit`` layers seen (0 when bitsandbytes is not installed).
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return 0
+    import bitsandbytes as bnb
+
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        n += 1
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+            module.weight.quant_state = state
+            module.quant_state = state
+    return n
+
+
+def untrainable_4bit_layers(model) -> list[str]:
+    """Names of the ``bnb.nn.Linear4bit`` layers of ``model`` that are (or will be, after their
+    next no-grad CPU forward) on bitsandbytes' repacked AVX512-BF16 path, through which no
+    gradient flows: ``support_avx512bf16_for_cpu`` is True or the weight is already repacked
+    (``quant_state.packing_format_for_cpu``). Empty after :func:`ensure_trainable_4bit_path`
+    and when bitsandbytes is not installed. For the trainer's gradient guard and the tests.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return []
+    import bitsandbytes as bnb
+
+    bad = []
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = getattr(module.weight, "quant_state", None)
+            if getattr(module, "support_avx512bf16_for_cpu", False) or getattr(state, "packing_format_for_cpu", False):
+                bad.append(name)
+    return bad
+
+
 def base_model(model):
     """The transformer inside a ``*ForCausalLM`` (``.model`` for LLaMA, ``.transformer`` for GPT-2)."""
     return getattr(model, model.base_model_prefix, model)
@@ -468,6 +545,10 @@ def load_backbone(
     seed: int = 0,
 ) -> Backbone:
     """Load a frozen backbone (every parameter ``requires_grad=False``, eval mode).
+
+    NF4 models are returned with every ``bnb.nn.Linear4bit`` on bitsandbytes' differentiable
+    path (:func:`ensure_trainable_4bit_path`), so gradients reach soft prompts through the
+    4-bit layers also after a ``torch.no_grad()`` pass on CPUs with AVX512-BF16.
 
     Args:
         name_or_path: ``"smollm2-135m"``, ``"minilm"``, ``"tiny-llama"``/``"tiny-gpt2"``/
@@ -564,6 +645,8 @@ def load_backbone(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if quantization == "nf4":  # bitsandbytes 0.50 + AVX512-BF16 CPUs: see the function
+        ensure_trainable_4bit_path(model)
 
     lm = model if with_lm_head else None
     core = base_model(model) if with_lm_head else model

@@ -72,12 +72,19 @@ def prefix_key_values(backbone, layer: int, d: torch.Tensor) -> tuple[torch.Tens
 
     Returns:
         ``(keys, values)``, each ``(B, num_kv_heads, P, head_dim)``; for LLaMA the keys carry
-        rotary position embedding at positions ``0..P-1``.
+        rotary position embedding at positions ``0..P-1``. For ``P = 0`` (or ``B = 0``) both
+        are empty views of ``d`` and no layer of the model is called: a zero-length input into
+        a bitsandbytes 4-bit layer whose weight was repacked for AVX512-BF16 kills the
+        interpreter with SIGFPE (bitsandbytes 0.50.2; see
+        :func:`rarec_lite.llm.ensure_trainable_4bit_path`).
     """
     info, model = backbone.info, backbone.model
     block = _layers(model, info.architecture)[layer]
     B, P, _ = d.shape
     kv_shape = (B, P, info.num_kv_heads, info.head_dim)
+    if B == 0 or P == 0:  # nothing to project: never hand an empty tensor to a (4-bit) layer
+        empty = d[..., :1].expand(B, P, info.num_kv_heads * info.head_dim).reshape(kv_shape).transpose(1, 2)
+        return empty, empty.clone()
     if info.architecture == "llama":
         attn = block.self_attn
         x = block.input_layernorm(d)
@@ -135,6 +142,25 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _refuse_checkpointing_with_prefixes(model, arch: str, P: int) -> None:
+    """Raise if transformers would drop the prefix cache: gradient checkpointing is on, the
+    layers are in training mode and autograd records (transformers 5.x
+    ``GradientCheckpointingLayer`` sets ``cache=None`` then, so the text sees no prefix and the
+    (B, 1, T, P + T) mask no longer fits: "The size of tensor a (T) must match the size of
+    tensor b (P + T)")."""
+    if not torch.is_grad_enabled():
+        return
+    layers = _layers(model, arch)
+    if any(getattr(layer, "gradient_checkpointing", False) and layer.training for layer in layers):
+        raise ValueError(
+            f"forward_with_prefix: gradient checkpointing is on and the backbone is in training mode; "
+            f"transformers then drops the past-key-value cache that carries the {P} prefix slot(s) per "
+            "layer, so the prefixes would be ignored. Fix: backbone.model.eval() (checkpointing is "
+            "inactive in eval mode; the backbone is frozen and load_backbone returns it in eval mode) "
+            "or backbone.model.gradient_checkpointing_disable()."
+        )
+
+
 def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None,
                         prefix_bias: torch.Tensor | float | None = None):
     """Run the frozen backbone with per-layer prefix keys/values (RA-Rec Sec. 3).
@@ -158,9 +184,16 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
         tuple of ``num_layers + 1`` hidden states, each ``(B, T, H)`` for the text tokens
         (the model's ``output_hidden_states``: embeddings first, last layer last).
 
+        An empty batch (``B = 0``) returns empty ``(0, T, H)`` states without calling the
+        model (no zero-length input ever reaches a 4-bit layer; see :func:`prefix_key_values`).
+
     Raises:
         ValueError: wrong number of prefixes, shapes that disagree (names the layer), a
-            ``None`` entry mixed with tensors, or ``P + T`` beyond GPT-2's position table.
+            ``None`` entry mixed with tensors, ``P + T`` beyond GPT-2's position table, no
+            tokens (``T = 0``), or prefixes on a model in training mode with gradient
+            checkpointing on (transformers then drops the cache that carries the prefixes;
+            the message names the fix: ``backbone.model.eval()`` or
+            ``backbone.model.gradient_checkpointing_disable()``).
     """
     info, model = backbone.info, backbone.model
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
@@ -170,6 +203,12 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
     device = info.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     B, T = input_ids.shape
+    if T == 0:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: no tokens (T = 0); every text needs at least one token")
+    if B == 0:  # an empty batch: nothing to run (and no empty tensor into a 4-bit layer)
+        dtype = model.get_input_embeddings().weight.dtype
+        empty = torch.zeros(0, T, info.hidden_size, dtype=dtype, device=device)
+        return tuple(empty for _ in range(info.num_layers + 1))
     if prefixes is not None and all(p is None for p in prefixes):
         prefixes = None
     if prefixes is None:
@@ -193,6 +232,8 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
             raise ValueError(f"prefixes[{l}] has P={d.shape[1]} but prefixes[0] has P={P}; P must match across layers")
     if info.architecture == "gpt2" and P + T > info.max_position:
         raise ValueError(f"P + T = {P} + {T} exceeds GPT-2's {info.max_position} positions")
+    if P > 0:
+        _refuse_checkpointing_with_prefixes(model, info.architecture, P)
 
     from transformers import DynamicCache
 
