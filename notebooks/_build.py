@@ -417,76 +417,117 @@ NOTEBOOKS["06_rarec_alignment"] = header("06_rarec_alignment", "06 · RA-Rec: al
 **soft prompt** (prefix vectors): a few *contextual instruction* vectors, learned directly, and a few *ID*
 vectors made from the frozen SASRec embedding by a per-layer linear map (*reparameterization*). The user is
 carried by the ID vectors, so the hard prompt stays short (the k most recent item texts). Training: BPR on
-the two towers' scores + lambda x InfoNCE aligning each layer with the text-only representation.
-""", "import torch\nfrom rarec_lite import llm, prompts, alignment, sampling, train, losses, metrics") + [
+the two towers' scores + lambda x InfoNCE aligning, per layer, what the soft prompt carries with the text-only
+representation of the same user or item.
+
+This notebook runs the **pipeline's own steps** (`rarec_lite.pipeline.Experiment`, the code behind
+`rarec-lite pipeline`) one at a time, at this notebook's size: what you see here is exactly how the
+comparison in notebook 07 trains and evaluates RA-Rec.
+""", "import torch\nimport pandas as pd\nfrom rarec_lite import losses, metrics\nfrom rarec_lite.pipeline import METHODS") + [
     code('''\
-ds = course.load_course_dataset(cfg)
-split = ds.split()
-run = course.sasrec_run(cfg, ds)          # reuses notebook 02's run when it exists
-bb = llm.load_backbone(cfg.backbone, quantization=cfg.quantization, device=cfg.device,
-                       max_layers=cfg.max_layers)
-info = bb.info'''),
-    md("## 1. The module\nTrainable parameters per tower: `L x n_instr x H` instruction vectors plus `L` linear maps "
-       "`d -> n_id x H`. Compare with the frozen LLM."),
+exp = course.experiment(cfg)   # the pipeline's Experiment: data loaded, SASRec ready (notebook 02's run when it exists)
+ds, split, bb = exp.dataset, exp.split, exp.backbone
+rarec = METHODS["rarec"]
+print(rarec)
+print("run directory (caches, the alignment's checkpoint):", exp.out)'''),
+    md("## 1. The module\n`exp.build_tower` makes the two towers: the frozen LLM plus a fresh alignment module "
+       "(`alignment.RAAlignment`), with the score's standardisation fixed from text-only states (notebook 05; the first "
+       "call encodes the catalogue once, the slowest step, and caches it). Trainable parameters per tower: "
+       "`L x n_instr x H` instruction vectors plus `L` linear maps `d -> n_id x H`. Compare with the frozen LLM."),
     code('''\
-n_instr, n_id = 2, 1
-align = alignment.RAAlignment(info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=n_id,
-                              num_instruction_tokens=n_instr)
+tower = exp.build_tower(rarec)
+align, info = tower.alignment, bb.info
+n_instr, n_id = align.num_instruction_tokens, align.num_id_tokens
 print(align)
 print(f"trainable: {align.num_trainable():,} | frozen LLM: {info.num_parameters:,} "
       f"({align.num_trainable() / info.num_parameters:.3%})")
-id_emb = course.user_id_embeddings(run.model, split.test_history[:4])   # (4, d)
+id_emb = exp.user_id_embeddings(split.test_history[:4])   # (4, d): frozen SASRec user embeddings
 pre = align.prefixes("user", id_emb)
 print(len(pre), "layers, each", tuple(pre[0].shape), "= (batch, instruction + ID slots, hidden)")'''),
     md("Where the slots sit: at every layer the text tokens attend to the prefix first."),
     code('''\
-n_text = prompts.hybrid_user([ds.item_text[i] for i in split.test_history[0]], bb.tokenizer, k_recent=3).tokens_kept
+n_text = exp.user_prompt("hybrid", 0, split.test_history[0], exp.cfg["llm"]["user_max_tokens"]).tokens_kept
 plots.soft_prompt_slots(info.num_layers, n_instr, n_id, n_text);'''),
     md("## Exercise 6a: the prefix shape\nFor a batch of 8 users, what shape has layer `l`'s prefix?"),
     code('''\
 prefix_shape = ...  # your code here: a tuple (B, P, H)
 exercises.check_prefix_shape(prefix_shape, 8, n_instr, n_id, info.hidden_size)'''),
-    md("## 2. Training data: denoising and diversity\nRA-Rec builds its training set with care: drop samples "
-       "whose target shares no meaningful word with the history (*denoising*), then draw samples evenly over "
-       "history length x target popularity (*diversity*)."),
+    md("## 2. Training data: validation pairs, denoised and diversified\nRA-Rec builds its training set with care: "
+       "drop samples whose target shares no meaningful word with the history (*denoising*), then draw samples evenly "
+       "over history length x target popularity (*diversity*). `exp.samples(True)` does both; `exp.samples(False)` "
+       "draws as many at random (what the \"w/o denoising/diversity\" ablation trains on).\n\n"
+       "**Which pairs.** Each user gives one pair: history `s[:-2]` -> target `s[-2]`, the *validation* item. Why not "
+       "cut the training sequence into many (history, next item) pairs? Because the frozen SASRec was trained on "
+       "exactly those next items and has memorised them: on 2,400 such pairs SASRec's HR@100 was 0.231, against "
+       "0.030 on test users. An alignment trained there learns to trust an ID signal about 8x stronger than the one "
+       "it gets at test time. SASRec never trains on `s[-2]` (it only uses it to pick its best epoch), so on "
+       "validation pairs the ID embedding is as informative as on the test item `s[-1]`, which nothing ever trains on."),
     code('''\
-samples = sampling.make_samples(split, max_per_user=3, max_history=20, seed=cfg.seed)
-kept, rep_d = sampling.denoise(samples, ds.item_text)
-pop = ds.item_popularity("train")
-n_train = min(len(kept), 64 if cfg.quick else 4000)
-chosen, rep_v = sampling.diversify(kept, n_train, pop, num_buckets=4, seed=cfg.seed)
-print("denoise  :", {k: v for k, v in rep_d.items() if k != "ignored_words"}, "| frequent words ignored:", rep_d["ignored_words"][:8])
-print("diversify:", {k: v for k, v in rep_v.items() if not isinstance(v, (list, dict))})
+chosen, report = exp.samples(True)    # validation pairs, denoised + diversified
+plain, _ = exp.samples(False)         # the same number of validation pairs, drawn at random
+for key, value in report.items():
+    print(f"{key:9s}: {value}")
+pop = ds.item_popularity()
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-for ax, (name, xs) in zip(axes, [("history length", lambda s: len(s.history)), ("target popularity", lambda s: pop[s.target])]):
-    ax.hist([xs(s) for s in kept], bins=30, density=True, alpha=0.5, label="after denoising")
-    ax.hist([xs(s) for s in chosen], bins=30, density=True, alpha=0.5, label="diversified")
+for ax, (name, f) in zip(axes, [("history length", lambda s: len(s.history)), ("target popularity", lambda s: pop[s.target])]):
+    ax.hist([f(s) for s in plain], bins=30, density=True, alpha=0.5, label="random pairs")
+    ax.hist([f(s) for s in chosen], bins=30, density=True, alpha=0.5, label="denoised + diversified")
     ax.set_xscale("symlog"); ax.set_title(name); ax.legend()'''),
-    md("## 3. Train\nUser prompt = hybrid hard prompt (3 most recent item texts) + user soft prompt; item prompt = "
-       "item text + item soft prompt. InfoNCE's fixed side (the text-only representations) is computed once."),
+    md("## 3. Step 0: training starts from the zero-shot model\nThe alignment starts with its **gate closed**: every "
+       "soft-prompt slot's attention logit gets a bias of about -12, so the text attends to the untrained, random "
+       "prefix with weight about `exp(-12)`, i.e. not at all. The untrained towers therefore rank like the zero-shot "
+       "LLM reading the hybrid hard prompt (the 3 most recent item texts), and training can only start from there; "
+       "during a warm-up the trainer opens the gate. `exp.step0` scores the evaluation users with the untrained "
+       "towers; next to it, zero-shot ID Translation (the whole history as text, cut to the token budget)."),
     code('''\
-texts = lambda h: [ds.item_text[i] for i in h]
-user_prompts = [prompts.hybrid_user(texts(s.history), bb.tokenizer, k_recent=3).text for s in chosen]
-item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
-tower = course.two_tower(cfg, bb, item_prompts, align)  # standardisation fixed before training (notebook 05)
-targets = sorted({s.target for s in chosen})
-cache = train.build_text_cache(tower, [prompts.id_translation_user(texts(s.history)).text for s in chosen],
-                               [item_prompts[i] for i in targets], targets, max_user_tokens=64, max_item_tokens=24)
-item_id_emb = run.model.item_embeddings().detach().cpu()
-tcfg = train.TrainConfig(steps=cfg.align_steps, batch_size=cfg.batch_size, lr=1e-3, lam=0.1, temperature=0.1, seed=cfg.seed)
-result = train.train_alignment(tower, chosen, user_prompts, item_prompts,
-                               lambda batch: course.user_id_embeddings(run.model, [s.history for s in batch]),
-                               item_id_emb, cache, tcfg, course.run_dir(cfg, "rarec", ds))
-print(f"{result.steps} steps in {result.seconds:.1f} s, {result.trainable_params:,} trainable parameters")
-plots.training_curves({"BPR": result.bpr, "InfoNCE": result.infonce}, smooth=max(1, result.steps // 20));'''),
-    md("## 4. Evaluate on the test users"),
+s0 = exp.step0(tower, rarec)
+zs = exp.run_method(METHODS["id_translation"])
+zero_shot = metrics.metrics_from_ranks(zs["ranks"], (10, 100), tied=zs["tied"])
+print(f"gate at step 0: {float(align.prefix_bias('user').detach()):+.1f} (attention weight x {np.exp(float(align.prefix_bias('user').detach())):.1e})")
+print(f"item states with the closed gate are within {s0['max_item_deviation']:.1e} (relative) of the text-only ones")
+for name, m in [("RA-Rec, step 0 (closed gate)", s0), ("ID Translation, zero-shot", zero_shot)]:
+    print(f"{name:30s}" + "  ".join(f"{k} {m[k]:.4f}" for k in ("HR@10", "NDCG@10", "HR@100")))'''),
+    md("## 4. Train\n`exp.train` is the pipeline's training step (`train.train_alignment` with the config's "
+       "`[train]` section): user prompt = hybrid hard prompt + user soft prompt, item prompt = item text + item soft "
+       "prompt; InfoNCE's fixed side (the text-only representations of the same users and items) is encoded once and "
+       "cached. The checkpoint lives in `exp.out`: running the cell again resumes (or reuses) it.\n\n"
+       "What the curves should do: **BPR** (the ranking loss, `-log sigmoid` of the positive's score minus a "
+       "negative's, averaged over in-batch and cached negatives) starts at the zero-shot towers' value, the gate being "
+       "closed, and should fall as the soft prompts learn to rank. "
+       "**InfoNCE** (per layer, the ID part of the soft prompt against the text-only representation, mean over layers "
+       "and towers) starts near `log B` for a batch of `B` (a soft prompt that tells nobody apart scores exactly "
+       "`log B`; a random one can score above it) and should fall as the ID side learns to say what the text says. "
+       "(Quick mode: a dozen steps on a tiny random model, the curves are noise.)"),
     code('''\
-users = course.eval_users(cfg, ds)
-u_prompts = [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users]
-u_id = course.user_id_embeddings(run.model, [split.test_history[u] for u in users])
-res, _, _ = course.evaluate_two_tower(tower, ds, users, u_prompts, item_prompts, u_id, item_id_emb,
-                                      max_user_tokens=tcfg.max_user_tokens, max_item_tokens=tcfg.max_item_tokens)
-print("RA-Rec:", {k: round(v, 4) for k, v in res.metrics.items()})'''),
+result = exp.train(tower, rarec)
+B = exp.cfg["train"]["batch_size"]
+print(f"{result.steps} steps of {B} pairs in {result.seconds:.1f} s, {result.trainable_params:,} trainable parameters")
+print(f"InfoNCE at step 1: {result.infonce[0]:.2f} nats (log B = {np.log(B):.2f}); at the end: {result.infonce[-1]:.2f}")
+plots.training_curves({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
+                      smooth=max(1, result.steps // 20));'''),
+    md("The gate the training learned (the bias added to every soft-prompt slot's attention logit; 0 = no bias, "
+       "a closed gate is about -12):"),
+    code('''\
+for t in ("user", "item"):
+    g = float(align.prefix_bias(t).detach())
+    print(f"{t} tower: gate {g:+.3f} (attention weight x {np.exp(g):.2f})")'''),
+    md("## 5. Evaluate on the test users\n`exp.evaluate_tower` encodes the whole catalogue through the trained item "
+       "tower, refreshes the standardisation from training users, and ranks every item for the evaluation users "
+       "(full ranking, history masked). Metrics are exact expectations over ties."),
+    code('''\
+greater, tied = exp.evaluate_tower(tower, rarec)
+trained = metrics.metrics_from_ranks(greater, (10, 100), tied=tied)
+sas = exp.run_method(METHODS["sasrec"])
+table = pd.DataFrame.from_dict({
+    "RA-Rec, step 0 (closed gate)": s0,
+    "RA-Rec, trained": trained,
+    "ID Translation, zero-shot": zero_shot,
+    "SASRec (ID only)": metrics.metrics_from_ranks(sas["ranks"], (10, 100), tied=sas["tied"]),
+}, orient="index")[["HR@10", "NDCG@10", "HR@100", "NDCG@100"]].round(4)
+print(f"{len(exp.eval_users)} test users, {ds.num_items:,} items; a random ranking gives HR@100 = {min(1, 100 / ds.num_items):.4f}")
+table'''),
+    md("**Think:** did training move RA-Rec away from its step-0 numbers, and in which direction? The pipeline "
+       "(notebook 07) adds paired bootstrap intervals to the same comparison."),
     md("## Exercise 6b: the two losses\nWrite BPR with in-batch negatives (row `b` of `item` is user `b`'s positive, "
        "every other row a negative; average `-log sigmoid(s_bb - s_bj)` over all `j != b`) and InfoNCE (cosine "
        "similarity / temperature, cross-entropy with the diagonal as the answer)."),
@@ -567,11 +608,15 @@ zero = course.two_tower(cfg, bb, item_text_prompts)
 _, uv, iv = course.evaluate_two_tower(zero, ds, users, [prompts.id_translation_user(texts(split.test_history[u]), bb.tokenizer, 256).text for u in users],
                                       item_text_prompts, max_user_tokens=256, max_item_tokens=32)
 recs["ID Translation"] = course.ranking_recommender(uv, iv, users, ds, tower=zero)
-align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=1, num_instruction_tokens=2)
+exp = course.experiment(cfg, progress=False)  # notebook 06's experiment (same data, same SASRec): its alignment is under exp.out
+a = exp.cfg["alignment"]
+align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=a["num_id_tokens"],
+                              num_instruction_tokens=a["num_instruction_tokens"], gate_init=a["gate_init"])
 try:
-    print("RA-Rec alignment from step", train.load_alignment(align, course.run_dir(cfg, "rarec", ds)))
+    print("RA-Rec alignment from step", train.load_alignment(align, exp.out / "train" / "rarec"))
+    align.gate_offset = 0.0  # trained: the gate is what was learned (load_alignment restores the parameters only)
 except FileNotFoundError:
-    print("no trained alignment found (run notebook 06): showing an untrained module")
+    print("no trained alignment found (run notebook 06): showing an untrained module (closed gate: the zero-shot model)")
 rarec = course.two_tower(cfg, bb, item_text_prompts, align)
 _, uv, iv = course.evaluate_two_tower(
     rarec, ds, users, [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users],
@@ -582,7 +627,7 @@ recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds, tower=rare
        "custom widget manager). Without a notebook front end it prints the same content as text."),
     code('''\
 ins = inspector.PromptInspector(ds, recs, {bb.info.name: bb}, users=users, k=10,
-                                num_instruction_tokens=2, num_id_tokens=1)
+                                num_instruction_tokens=a["num_instruction_tokens"], num_id_tokens=a["num_id_tokens"])
 # open on a user whose held-out item made some paradigm's top-10, if there is one
 hit = next(((int(u), p) for p in reversed(inspector.PARADIGMS) for u in users
             if split.test_target[u] in recs[p](int(u))[:10]), None)

@@ -414,6 +414,58 @@ def quick_pipeline_config(seed: int = 0) -> dict:
     return conf
 
 
+def experiment(cfg: CourseSettings, progress: bool | None = None):
+    """The pipeline's :class:`rarec_lite.pipeline.Experiment` at the notebook's size, data loaded, SASRec ready.
+
+    Notebook 06 calls its steps (``samples``, ``build_tower``, ``step0``, ``train``, ``evaluate_tower``,
+    ``run_method``): the course and the pipeline train and evaluate RA-Rec with the same functions.
+
+    The config is ``cpu-quick`` in full mode and :func:`quick_pipeline_config` (tiny-llama) in quick
+    mode, with the notebook's settings written over it: the data of :func:`load_course_dataset`
+    (``cfg.raw_dir``, else the toy dataset; ``cfg.max_users``, ``cfg.seed``), ``cfg.eval_users``, the
+    backbone (``backbone``, ``quantization``, ``max_layers``, ``pooling``, ``standardize``), the
+    alignment's ``align_steps`` and ``batch_size``, and the ``[sasrec]`` of :func:`sasrec_run`'s run,
+    so notebooks 02, 06 and 08 share one encoder. Caches and the alignment checkpoint go to
+    ``$RAREC_HOME/runs/course-experiment-<config name>-<hash>`` (the hash covers the resolved config
+    and the data's content: other data or settings never resume this run's files); the trained
+    alignment is in ``exp.out / "train" / "rarec"``.
+
+    Returns:
+        the :class:`~rarec_lite.pipeline.Experiment`, after ``load_data()`` and ``load_sasrec()``.
+    """
+    import hashlib
+    import json
+
+    from rarec_lite import paths, pipeline
+
+    conf = pipeline.load_config(quick_pipeline_config(cfg.seed) if cfg.quick else "cpu-quick")
+    conf["seed"] = cfg.seed
+    conf["data"].update(dataset="cloth" if cfg.raw_dir is not None else "toy", max_users=cfg.max_users or 0)
+    conf["eval"]["num_users"] = cfg.eval_users or 0  # 0: every user
+    conf["llm"].update(name=cfg.backbone, quantization=cfg.quantization or "none", max_layers=cfg.max_layers or 0,
+                       pooling=cfg.pooling or "", standardize=bool(cfg.standardize))
+    conf["train"].update(steps=cfg.align_steps, batch_size=cfg.batch_size)
+    progress = (not cfg.quick) if progress is None else progress
+    exp = pipeline.Experiment(conf, None, progress)  # out_dir: set below, once the data is known
+    # the pipeline finds raw data through $RAREC_MIRROR: point it at the notebook's cfg.raw_dir meanwhile
+    before = os.environ.get("RAREC_MIRROR")
+    if cfg.raw_dir is not None:
+        os.environ["RAREC_MIRROR"] = str(cfg.raw_dir)
+    try:
+        exp.load_data()
+    finally:
+        if before is None:
+            os.environ.pop("RAREC_MIRROR", None)
+        else:
+            os.environ["RAREC_MIRROR"] = before
+    run = sasrec_run(cfg, exp.dataset, progress=progress)  # the notebooks' encoder: the pipeline asks for the same
+    conf["sasrec"] = {k: run.config.get(k, v) for k, v in conf["sasrec"].items()}
+    key = json.dumps({"config": conf, "data": pipeline.data_signature(exp.dataset)}, sort_keys=True)
+    exp.out = paths.runs_dir() / f"course-experiment-{conf['name']}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    exp.load_sasrec()
+    return exp
+
+
 def metrics_table(result: dict, metrics: tuple = TABLE_METRICS):
     """The pipeline's ``metrics.json`` as a table: one row per method (label), full-ranking metrics.
 

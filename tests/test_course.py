@@ -327,3 +327,63 @@ def test_sasrec_run_is_the_shared_cached_run(monkeypatch, tmp_path):
     course.sasrec_run(course.CourseSettings(False, "cpu", None, "smollm2-135m", None, 7, 1, 2, 10), ds)
     model_cfg = {k: v for k, v in seen.items() if k not in ("device", "progress")}
     assert sasrec.sasrec_run_dir(ds, **model_cfg) == sasrec.sasrec_run_dir(ds, seed=0, **load_config("cpu-quick")["sasrec"])
+
+
+# ------------------------------------------------------------------------------ notebook 06's experiment
+
+
+def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatch, tmp_path):
+    """course.experiment: the pipeline's Experiment on the notebook's data, settings and SASRec."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from rarec_lite import pipeline
+
+    monkeypatch.setenv("RAREC_HOME", str(tmp_path))
+    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)  # no real data: the toy set
+    cfg = course.settings(True, verbose=False, max_users=60, eval_users=20, sasrec_epochs=1)
+    exp = course.experiment(cfg)
+    assert isinstance(exp, pipeline.Experiment)
+    ds = course.load_course_dataset(cfg)
+    assert exp.dataset.name == "toy" and exp.dataset.num_users == 60
+    assert [list(s) for s in exp.dataset.sequences] == [list(s) for s in ds.sequences]
+    np.testing.assert_array_equal(exp.eval_users, course.eval_users(cfg, ds))
+    c = exp.cfg
+    assert (c["llm"]["name"], c["llm"]["quantization"], c["llm"]["max_layers"]) == ("tiny-llama", "none", 0)
+    assert (c["llm"]["pooling"], c["llm"]["standardize"]) == ("mean", True)
+    assert (c["train"]["steps"], c["train"]["batch_size"], c["seed"]) == (cfg.align_steps, cfg.batch_size, 0)
+    # one encoder for the notebooks and the experiment: course.sasrec_run finds the run already trained
+    run = course.sasrec_run(cfg, ds, progress=False)
+    assert run.reused
+    torch.testing.assert_close(exp.sasrec.item_embeddings(), run.model.item_embeddings())
+    # the run directory is keyed by the config and the data
+    assert exp.out.parent == tmp_path / "runs" and exp.out.name.startswith("course-experiment-course-quick-")
+    assert course.experiment(cfg).out == exp.out
+    assert course.experiment(replace(cfg, max_users=50)).out != exp.out
+
+    # full mode on a CPU is the pipeline's cpu-quick config itself (here with the toy data source)
+    monkeypatch.setattr(pipeline.Experiment, "load_data", lambda self: setattr(self, "dataset", ds))
+    monkeypatch.setattr(pipeline.Experiment, "load_sasrec", lambda self: None)
+    monkeypatch.setattr(course, "sasrec_run", lambda cfg, dataset, progress=None: SimpleNamespace(config={}))
+    hw = course.Hardware("cpu", "nf4", None, None, 2, False, "test")
+    full = course.experiment(course.settings(False, hw, verbose=False))
+    want = pipeline.load_config("cpu-quick")
+    for section in ("llm", "train", "eval", "alignment", "sasrec"):
+        assert full.cfg[section] == want[section], section
+    assert full.cfg["data"] == {**want["data"], "dataset": "toy"}
+
+
+@pytest.mark.realdata
+def test_experiment_reads_the_raw_dir_the_notebook_found(shared_cloth_dir, monkeypatch):
+    """The pipeline finds raw data through $RAREC_MIRROR; course.experiment hands it the notebook's
+    cfg.raw_dir (e.g. found in ../shared/data with no mirror set) and restores the variable."""
+    import os
+
+    monkeypatch.delenv("RAREC_MIRROR", raising=False)
+    monkeypatch.setattr(course, "find_raw_cloth", lambda: shared_cloth_dir)
+    cfg = course.settings(True, verbose=False, max_users=40, eval_users=10, sasrec_epochs=1)
+    exp = course.experiment(cfg)
+    assert "RAREC_MIRROR" not in os.environ
+    ds = course.load_course_dataset(cfg)
+    assert exp.dataset.name == "cloth" and exp.dataset.num_users == 40
+    assert [list(s) for s in exp.dataset.sequences] == [list(s) for s in ds.sequences]
