@@ -267,7 +267,8 @@ def _save(path: Path, alignment, optimizer, step: int, history: dict, seconds: f
     tensors["rng.torch"] = torch.get_rng_state()
     tensors.update({f"refresh.{k}": v.contiguous() for k, v in extra.items()})
     meta = {"step": step, "seconds": seconds, "history": history, "config": dataclasses.asdict(cfg),
-            "num_samples": num_samples, "param_groups": opt["param_groups"], "optim_scalars": scalars}
+            "num_samples": num_samples, "total_steps": cfg.total_steps(num_samples),
+            "param_groups": opt["param_groups"], "optim_scalars": scalars}
     save_checkpoint(path, tensors, meta)
 
 
@@ -521,7 +522,16 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
 
 
 def load_alignment(alignment, out_dir: str | Path) -> int:
-    """Load trained parameters from ``out_dir/checkpoint.safetensors`` into ``alignment``; return the step."""
+    """Load trained parameters from ``out_dir/checkpoint.safetensors`` into ``alignment``; return the step.
+
+    The gate's warm-up offset is set to the value of that step (0 once the warm-up is over, so a
+    finished run's module is open exactly as it was trained).
+    """
     tensors, meta = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     alignment.load_state_dict({k[len("alignment."):]: v for k, v in tensors.items() if k.startswith("alignment.")})
-    return int(meta.get("step", 0))
+    step = int(meta.get("step", 0))
+    known = {k: v for k, v in meta.get("config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**known)
+    total = int(meta.get("total_steps", cfg.total_steps(int(meta.get("num_samples", 2)))))
+    alignment.gate_offset = 0.0 if step >= total else cfg.gate_offset(step, total, alignment.gate_init)
+    return step

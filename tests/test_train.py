@@ -87,6 +87,12 @@ def test_resume_gives_identical_parameters(backbone, data, tmp_path):
     for (name, a), (_, b) in zip(straight.alignment.state_dict().items(), resumed.alignment.state_dict().items()):
         assert torch.equal(a, b), name
     assert r22.total == r4.total  # the loss history survives the resume
+    # a finished run loads open (the gate's warm-up offset is over), exactly as it was trained
+    from rarec_lite.train import load_alignment
+
+    fresh = _tower(backbone)
+    assert fresh.alignment.gate_offset == fresh.alignment.gate_init  # untrained: closed
+    assert load_alignment(fresh.alignment, tmp_path / "a") == 4 and fresh.alignment.gate_offset == 0.0
     with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
         _run(backbone, data, tmp_path / "b", TrainConfig(steps=6, batch_size=4, lr=5e-3, **flat))
 
