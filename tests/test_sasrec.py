@@ -383,3 +383,15 @@ def test_train_sasrec_help_shows_every_config_default(capsys):
     for f in dataclasses.fields(SASRecConfig):
         assert f"--{f.name.replace('_', '-')}" in text
         assert f"(default: {f.default})" in text, f.name
+
+
+def test_length_sorted_encoding_matches_one_padded_batch():
+    torch.manual_seed(0)
+    model = SASRec(num_items=50, hidden=8, max_len=6, num_layers=2, num_heads=2, dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, 50, size=n) for n in rng.integers(1, 12, size=600)]  # > 2 chunks of 256
+    with torch.no_grad():
+        one_batch = model.encode(pad_histories(histories, 6))
+    torch.testing.assert_close(model.encode_histories(histories), one_batch, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.score_histories(histories), one_batch @ model.item_embeddings().T.detach(),
+                               atol=1e-5, rtol=1e-5)
