@@ -470,14 +470,17 @@ def metrics_table(result: dict, metrics: tuple = TABLE_METRICS):
     """The pipeline's ``metrics.json`` as a table: one row per method (label), full-ranking metrics.
 
     Returns:
-        a ``pandas.DataFrame`` indexed by method label, with ``users`` and the ``metrics`` columns.
+        a ``pandas.DataFrame`` indexed by method label, with ``users`` and the ``metrics`` columns;
+        its column axis is named after the tie rule (``ties: expected`` for current runs).
     """
     import pandas as pd
 
     nan = float("nan")
     rows = {e["label"]: {"users": e.get("users", nan), **{m: e.get(m, nan) for m in metrics}}
             for e in result["methods"].values()}
-    return pd.DataFrame.from_dict(rows, orient="index").astype(float).round(4)
+    df = pd.DataFrame.from_dict(rows, orient="index").astype(float).round(4)
+    df.columns.name = f"ties: {result.get('ties', 'pessimistic')}"
+    return df
 
 
 def metrics_with_ci(result: dict, metrics: tuple = ("NDCG@10", "HR@100")) -> dict:

@@ -270,6 +270,8 @@ def test_metrics_json_readers():
     t = course.metrics_table(m)
     assert list(t.index) == ["SASRec", "RA-Rec"] and t.loc["RA-Rec", "HR@10"] == 0.6
     assert np.isnan(t.loc["SASRec", "MRR"])
+    assert t.columns.name == "ties: pessimistic"  # an old metrics.json says nothing: the old rule
+    assert course.metrics_table({**m, "ties": "expected"}).columns.name == "ties: expected"
     ci = course.metrics_with_ci(m)
     assert ci["SASRec"]["NDCG@10"] == (0.25, 0.1, 0.4) and ci["RA-Rec"]["NDCG@10"] == 0.3
     c = course.cost_table(m)
