@@ -200,3 +200,65 @@ def test_minilm_offline_paraphrases_are_closer():
     assert emb.shape == (3, 384)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2, sim
+
+
+# ----------------------------------------------------------------------------- 4-bit on AVX512-BF16 CPUs (issue 12)
+#
+# bitsandbytes 0.50.2 sets Linear4bit.support_avx512bf16_for_cpu = has_avx512bf16() when a layer is
+# built; with it True, the first no-grad CPU forward repacks the weight (quant_state.packing_format_for_cpu)
+# onto a kernel with no autograd formula. These tests force that state on any CPU: they patch the
+# feature check bnb reads, or repack with bnb's own function, and never run the repacked kernel.
+
+
+def _linear4bit_layers(model):
+    import bitsandbytes as bnb
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def test_nf4_load_is_on_the_trainable_path_even_where_bnb_sees_avx512bf16(monkeypatch):
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)  # as on an AMX Xeon
+    assert bnb.nn.Linear4bit(64, 32).support_avx512bf16_for_cpu is True  # the forcing reaches bnb's layers
+    bb = load_backbone("tiny-llama", quantization="nf4")
+    layers = _linear4bit_layers(bb.model)
+    assert len(layers) == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    assert [m.support_avx512bf16_for_cpu for _, m in layers] == [False] * 14
+    enc = bb.tokenizer(["a red leather ankle boot", "hat"], return_tensors="pt", padding=True)
+    with torch.no_grad():  # the pass that would repack every layer
+        bb.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    assert [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers] == [False] * 14
+    assert llm.untrainable_4bit_layers(bb.model) == []
+
+
+def test_ensure_trainable_4bit_path_undoes_a_repacking():
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    bb = load_backbone("tiny-llama", quantization="nf4")
+    enc = bb.tokenizer(["a red leather ankle boot", "hat"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = bb.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    layers = _linear4bit_layers(bb.model)
+    for _, m in layers:  # exactly what Linear4bit.forward does on an AVX512-BF16 CPU under no_grad
+        m.support_avx512bf16_for_cpu = True
+        m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu(m.weight.data, m.weight.quant_state)
+    assert m.weight.quant_state.packing_format_for_cpu and m.weight.shape == (64, 64)  # [N, K/2] layout
+    bad = llm.untrainable_4bit_layers(bb.model)
+    assert len(bad) == 14 and "layers.0.self_attn.k_proj" in bad
+    assert llm.ensure_trainable_4bit_path(bb.model) == 14
+    assert llm.untrainable_4bit_layers(bb.model) == []
+    assert all(not m.weight.quant_state.packing_format_for_cpu for _, m in layers)
+    with torch.no_grad():
+        out = bb.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    # the weights round-trip exactly; only the double-quantized block scales are re-quantized
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-2)
+
+
+def test_ensure_trainable_4bit_path_leaves_other_models_alone():
+    bb = load_backbone("tiny-llama", quantization=None)
+    before = [p.clone() for p in bb.model.parameters()]
+    assert llm.ensure_trainable_4bit_path(bb.model) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, bb.model.parameters()))

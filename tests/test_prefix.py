@@ -173,7 +173,12 @@ def test_right_padding_does_not_change_a_row(backbones, name, how):
     torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_nf4_tiny_llama_trains_a_step():
+CPU_KINDS = ["this-cpu", "avx512bf16"]  # the second: bitsandbytes as on an AMX Xeon (fixture amx_cpu)
+
+
+@pytest.mark.parametrize("cpu", CPU_KINDS)
+def test_nf4_tiny_llama_trains_a_step(cpu, request):
+    amx_calls = request.getfixturevalue("amx_cpu") if cpu == "avx512bf16" else []
     bb = load_backbone("tiny-llama", quantization="nf4")
     assert type(bb.model.layers[0].self_attn.k_proj).__name__ == "Linear4bit"
     ids, mask = _batch(bb)
@@ -200,12 +205,18 @@ def test_nf4_tiny_llama_trains_a_step():
     with torch.no_grad():
         loss1 = loss_fn()
     assert loss1 < loss0, (loss0.item(), loss1.item())
+    assert amx_calls == []
 
 
+@pytest.mark.parametrize("cpu", CPU_KINDS)
 @pytest.mark.parametrize("quantization", ["nf4", "int8"])
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-bert"])
-def test_quantized_gpt2_and_bert_take_prefixes(name, quantization):
+def test_quantized_gpt2_and_bert_take_prefixes(name, quantization, cpu, request):
+    if cpu == "avx512bf16":
+        request.getfixturevalue("amx_cpu")
     bb = load_backbone(name, quantization=quantization)
+    with torch.no_grad():  # the no-grad pass that repacks 4-bit layers on such a CPU without the fix
+        forward_with_prefix(bb, *_batch(bb), None)
     ids, mask = _batch(bb)
     plain = forward_with_prefix(bb, ids, mask, None)
     empty = forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 0))
@@ -254,3 +265,154 @@ def test_bad_prefixes_are_named(backbones):
         forward_with_prefix(bb, ids, mask, [torch.zeros(2, 2, 32), d[1]])
     with pytest.raises(ValueError, match="256 positions"):
         forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 250))
+
+
+# ----------------------------------------------------------------------------- 4-bit on AVX512-BF16 CPUs (issue 12)
+#
+# bitsandbytes 0.50.2 on a CPU with avx512_bf16: every Linear4bit is built with
+# support_avx512bf16_for_cpu = True; its first no-grad CPU forward repacks the weight
+# (quant_state.packing_format_for_cpu = True) and from then on bnb.matmul_4bit calls
+# bitsandbytes.functional.gemv_4bit, a bf16 kernel with no autograd formula (an empty input
+# there is a SIGFPE). `amx_cpu` reproduces that on any CPU: bnb's feature check says yes, and
+# gemv_4bit is replaced by a stand-in that computes what the real kernel computes (bf16, from
+# the repacked layout) without a graph, and raises instead of crashing on an empty input. The
+# real kernel is never called, so nothing here can kill the interpreter.
+
+
+def _amx_like_gemv_4bit(calls):
+    import copy
+
+    import bitsandbytes.functional as bnbf
+
+    def gemv_4bit(A, B, out=None, transposed_A=False, transposed_B=False, state=None):
+        calls.append(tuple(A.shape))
+        if A.numel() == 0:
+            raise RuntimeError("zero-length input into a repacked 4-bit layer (SIGFPE on an AVX512-BF16 CPU)")
+        assert state.packing_format_for_cpu
+        qs = copy.deepcopy(state)
+        w, qs = bnbf._convert_weight_packed_for_cpu_inverse(B.data.clone(), qs)
+        with torch.no_grad():
+            W = bnbf.dequantize_4bit(w, qs).to(torch.bfloat16)
+            return (A.detach().to(torch.bfloat16) @ W.t()).to(A.dtype)
+
+    return gemv_4bit
+
+
+@pytest.fixture
+def amx_cpu(monkeypatch):
+    """bitsandbytes behaving as on an AVX512-BF16 CPU; yields the list of stand-in kernel calls."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+    import bitsandbytes.nn.modules as bnb_modules
+
+    calls = []
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    monkeypatch.setattr(bnbf, "gemv_4bit", _amx_like_gemv_4bit(calls))
+    return calls
+
+
+def _prefix_grads(bb, ids, mask, seed=0, P=2):
+    """Gradient of a fixed readout w.r.t. per-layer prefixes; zeros where none reaches them."""
+    d = [x.requires_grad_() for x in _prefixes(bb, ids.shape[0], P, seed)]
+    hs = forward_with_prefix(bb, ids, mask, d)
+    w = torch.randn(bb.info.hidden_size, generator=torch.Generator().manual_seed(seed))
+    loss = (pool(hs[-1], mask, "mean") @ w).sum()
+    if not loss.requires_grad:  # nothing connects the output to the prefixes
+        return [torch.zeros_like(x) for x in d]
+    grads = torch.autograd.grad(loss, d, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(d, grads)]
+
+
+def test_nf4_no_grad_then_train_broken_path_gives_no_gradient(amx_cpu):
+    """(a) Without ensure_trainable_4bit_path: a no-grad pass repacks every 4-bit layer and the
+    prefixes then receive no gradient at all, although the forward output is right."""
+    from rarec_lite.llm import untrainable_4bit_layers
+
+    bb = load_backbone("tiny-llama", quantization="nf4")
+    ids, mask = _batch(bb)
+    with torch.no_grad():
+        ref = forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 2))[-1]
+    import bitsandbytes as bnb
+
+    for m in bb.model.modules():  # undo the fix: the state bnb gives its layers on such a CPU
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = True
+    with torch.no_grad():
+        out = forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 2))[-1]
+    assert len(untrainable_4bit_layers(bb.model)) == 14
+    assert all(m.weight.quant_state.packing_format_for_cpu for m in bb.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert amx_cpu, "the repacked kernel was called"
+    torch.testing.assert_close(out, ref, rtol=0, atol=0.1)  # same function, computed in bf16
+    grads = _prefix_grads(bb, ids, mask)
+    assert all(float(g.abs().sum()) == 0.0 for g in grads)
+    # the P = 0 guard: an empty prefix never reaches the repacked layers (no SIGFPE)
+    n = len(amx_cpu)
+    forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 0))
+    assert all(0 not in shape for shape in amx_cpu[n:])
+
+
+def test_nf4_no_grad_then_train_gives_the_prefix_its_gradient(amx_cpu):
+    """(b) load_backbone's fix: after a no-grad pass on an (emulated) AVX512-BF16 CPU the
+    prefixes get the same finite, non-zero gradient as on a fresh model that never ran one."""
+    bb = load_backbone("tiny-llama", quantization="nf4")
+    ids, mask = _batch(bb)
+    with torch.no_grad():
+        forward_with_prefix(bb, ids, mask, None)
+        forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 2))
+    grads = _prefix_grads(bb, ids, mask)
+    assert amx_cpu == []  # the repacked kernel never ran
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)  # every layer's prefix (each goes through 4-bit K/V)
+
+
+def test_nf4_prefix_gradient_after_no_grad_pass_matches_a_fresh_model(amx_cpu):
+    bb = load_backbone("tiny-llama", quantization="nf4")
+    ids, mask = _batch(bb)
+    with torch.no_grad():
+        forward_with_prefix(bb, ids, mask, None)
+    after = _prefix_grads(bb, ids, mask)
+    fresh = load_backbone("tiny-llama", quantization="nf4")  # same seed, same NF4 weights, no prior pass
+    expected = _prefix_grads(fresh, ids, mask)
+    for a, e in zip(after, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_zero_length_inputs_never_reach_a_layer(quantization):
+    bb = load_backbone("tiny-llama", quantization=quantization)
+    ids, mask = _batch(bb)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+             for m in bb.model.modules() if type(m).__name__ in ("Linear4bit", "Linear")]
+    try:
+        d = [x.requires_grad_() for x in _prefixes(bb, 2, 0)]
+        out = forward_with_prefix(bb, ids, mask, d)
+        assert seen and all(0 not in s for s in seen), seen
+        assert out[-1].requires_grad  # the empty prefixes stay part of the graph (their grad is empty)
+        empty = forward_with_prefix(bb, ids[:0], mask[:0], [x[:0] for x in d])
+        assert [tuple(h.shape) for h in empty] == [(0, ids.shape[1], 64)] * 3
+        assert all(0 not in s for s in seen), seen
+    finally:
+        for h in hooks:
+            h.remove()
+    with pytest.raises(ValueError, match="T = 0"):
+        forward_with_prefix(bb, ids[:, :0], mask[:, :0], None)
+
+
+def test_gradient_checkpointing_in_training_mode_is_refused_with_the_fix(backbones):
+    bb = load_backbone("tiny-llama", quantization=None)
+    ids, mask = _batch(bb)
+    d = _prefixes(bb, 2, 2)
+    expected = forward_with_prefix(bb, ids, mask, d)[-1]
+    bb.model.gradient_checkpointing_enable()
+    # eval mode (what load_backbone returns): checkpointing is inactive, prefixes work
+    torch.testing.assert_close(forward_with_prefix(bb, ids, mask, d)[-1], expected, rtol=0, atol=0)
+    bb.model.train()
+    with pytest.raises(ValueError, match=r"gradient checkpointing.*drops the past-key-value cache.*model\.eval\(\)"):
+        forward_with_prefix(bb, ids, mask, d)
+    with torch.no_grad():  # no backward to replay: transformers keeps the cache, so this is fine
+        torch.testing.assert_close(forward_with_prefix(bb, ids, mask, d)[-1], expected, rtol=0, atol=0)
+    plain = forward_with_prefix(bb, ids, mask, None)  # no prefix: nothing to drop
+    assert len(plain) == 3
+    bb.model.gradient_checkpointing_disable()
+    torch.testing.assert_close(forward_with_prefix(bb, ids, mask, d)[-1], expected, rtol=0, atol=0)
