@@ -15,6 +15,26 @@ compare ratios from one run, not absolute times across machines.
 
     .venv/bin/python bench/bench_llm.py            # SmolLM2 + MiniLM, ~5 min on 2 CPU cores
     .venv/bin/python bench/bench_llm.py --quick    # fewer configs and reps
+    .venv/bin/python bench/bench_llm.py --main-job # the main job's LLM stages per precision
+
+``--main-job`` (issue 12: the CPU default precision chosen by measurement) times, on
+SmolLM2-135M with its first 6 layers (``max_layers=6``, as ``cpu-quick`` runs it), the two LLM
+stages of the main job, per precision:
+
+* ``encode``: no-grad encoding of 64 item prompts of 24 tokens (``[llm] batch_size`` and
+  ``item_max_tokens`` of cpu-quick), mean-pooled last layer;
+* ``train step``: forward + backward + Adam step through per-layer prefixes of P = 5 slots
+  (1 ID token + 4 instruction tokens, cpu-quick's ``[alignment]``) for 16 user prompts of 64
+  tokens and 16 item prompts of 24 tokens, in-batch softmax over the pooled states (a stand-in
+  for the alignment's loss; the prefixes come from one Linear, the stand-in for RA-Rec's
+  alignment module).
+
+Precisions: fp32, NF4 (fp32 compute, as ``load_backbone`` does on CPU) and bf16 (the fp32
+weights cast to bfloat16) where the CPU has native bf16 (``avx512_bf16`` in ``/proc/cpuinfo``);
+else the bf16 row says ``skipped: no avx512_bf16``. "Trains correctly" is checked in the same
+run: the train step runs after a no-grad pass (as in the pipeline); the prefix source's
+gradient must be finite and non-zero, no 4-bit layer may be on bitsandbytes' repacked path
+(:func:`rarec_lite.llm.untrainable_4bit_layers`), and its cosine with the fp32 gradient is printed.
 """
 
 from __future__ import annotations
@@ -88,14 +108,174 @@ def measure(name: str, quantization: str | None, max_layers: int | None, reps: i
     }
 
 
+MAIN_JOB = dict(name="smollm2-135m", max_layers=6, item_batch=64, item_tokens=24,
+                user_batch=16, user_tokens=64, prefix=5)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when ``/proc/cpuinfo`` lists ``avx512_bf16`` (native bf16 dot products)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in fh)
+    except OSError:
+        return False
+
+
+def _tokens(bb, batch: int, length: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(bb.tokenizer), (batch, length), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+def setup_main_job(precision: str, fp32_ref: dict | None = None) -> dict:
+    """Load one precision (``"fp32"``, ``"nf4"``, ``"bf16"``), run the no-grad pass the pipeline
+    always runs first, then one (un-timed) train step: the correctness check. Returns the row
+    (gradient facts, cosines with fp32) plus the ``encode`` / ``train_step`` closures to time."""
+    from rarec_lite.llm import untrainable_4bit_layers
+
+    cfg = MAIN_JOB
+    bb = load_backbone(cfg["name"], quantization="nf4" if precision == "nf4" else None,
+                       device="cpu", max_layers=cfg["max_layers"])
+    if precision == "bf16":
+        bb.model.to(torch.bfloat16)
+    L, H, P = bb.info.num_layers, bb.info.hidden_size, cfg["prefix"]
+    item_ids, item_mask = _tokens(bb, cfg["item_batch"], cfg["item_tokens"], 1)
+    u_ids, u_mask = _tokens(bb, cfg["user_batch"], cfg["user_tokens"], 2)
+    i_ids, i_mask = _tokens(bb, cfg["user_batch"], cfg["item_tokens"], 3)
+
+    def encode():
+        with torch.no_grad():
+            return pool(forward_with_prefix(bb, item_ids, item_mask, None)[-1], item_mask, "mean").float()
+
+    torch.manual_seed(0)
+    source = torch.nn.Linear(64, L * P * H)
+    torch.nn.init.normal_(source.weight, std=0.02)
+    zu, zi = torch.randn(cfg["user_batch"], 64), torch.randn(cfg["user_batch"], 64)
+    opt = torch.optim.Adam(source.parameters(), lr=1e-3)
+    B = cfg["user_batch"]
+
+    def loss_fn():
+        pu = list(source(zu).view(B, L, P, H).unbind(1))
+        pi = list(source(zi).view(B, L, P, H).unbind(1))
+        hu = pool(forward_with_prefix(bb, u_ids, u_mask, pu)[-1], u_mask, "mean").float()
+        hi = pool(forward_with_prefix(bb, i_ids, i_mask, pi)[-1], i_mask, "mean").float()
+        logits = (hu @ hi.T) / H ** 0.5
+        return torch.nn.functional.cross_entropy(logits, torch.arange(B))
+
+    def train_step():
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    states = encode()  # the no-grad pass the pipeline always runs first
+    loss = loss_fn()   # first step, un-timed: the correctness check
+    loss.backward()
+    grad = source.weight.grad.detach().flatten().clone()
+    opt.zero_grad()
+    row = {
+        "precision": precision,
+        "layers": f"{L}/{bb.info.num_layers_total}",
+        "weight_MB": bb.info.weight_bytes / 1e6,
+        "load_s": bb.info.load_seconds,
+        "grad_finite": bool(torch.isfinite(grad).all()),
+        "grad_norm": float(grad.norm()),
+        "untrainable_4bit_layers": len(untrainable_4bit_layers(bb.model)),
+    }
+    if fp32_ref is not None:
+        row["grad_cos_vs_fp32"] = float(torch.nn.functional.cosine_similarity(grad, fp32_ref["grad"], dim=0))
+        row["item_state_cos_vs_fp32"] = float(
+            torch.nn.functional.cosine_similarity(states, fp32_ref["item_states"], dim=1).mean())
+    row["trains"] = row["grad_finite"] and row["grad_norm"] > 0 and row["untrainable_4bit_layers"] == 0
+    return {"row": row, "grad": grad, "item_states": states, "encode": encode, "train_step": train_step}
+
+
+def main_job(reps: int, threads: int) -> list[dict]:
+    """``--main-job``: print the main job's LLM stages per precision and their ratios to fp32."""
+    cfg = MAIN_JOB
+    load_before = os.getloadavg()
+    native_bf16 = cpu_has_native_bf16()
+    rows, runs = [], []
+    ref = None
+    for precision in ("fp32", "nf4", "bf16"):
+        if precision == "bf16" and not native_bf16:
+            rows.append({"precision": "bf16", "skipped": "no avx512_bf16"})
+            continue
+        run = setup_main_job(precision, ref)
+        if precision == "fp32":
+            ref = {"grad": run["grad"], "item_states": run["item_states"]}
+        run["encode"]()  # warm-up
+        run["train_step"]()
+        run["times"] = {"encode_s": [], "train_step_s": []}
+        runs.append(run)
+        rows.append(run["row"])
+    # interleaved: every repetition times each precision once, so a change in the machine's load
+    # (shared CPU) hits all precisions alike instead of whichever block ran at the time
+    for _ in range(reps):
+        for run in runs:
+            for stage in ("encode", "train_step"):
+                t = time.perf_counter()
+                run[stage]()
+                run["times"][stage + "_s"].append(time.perf_counter() - t)
+    for run in runs:
+        for key, values in run["times"].items():
+            run["row"][key] = statistics.median(values)
+            run["row"][key[:-2] + "_each_s"] = [round(v, 3) for v in values]
+        if runs[0] is not run:  # ratio to fp32 within each repetition (paired), then the median
+            for key in ("encode_s", "train_step_s"):
+                paired = [a / b for a, b in zip(run["times"][key], runs[0]["times"][key])]
+                run["row"][key[:-2] + "_ratio_vs_fp32"] = statistics.median(paired)
+                run["row"][key[:-2] + "_ratio_range"] = [round(min(paired), 2), round(max(paired), 2)]
+        print(json.dumps(run["row"]), flush=True)
+    print(f"\nmain job stages: {cfg['name']}, first {cfg['max_layers']} layers; encode = no grad, "
+          f"{cfg['item_batch']} x {cfg['item_tokens']} tokens; train step = {cfg['user_batch']} x "
+          f"{cfg['user_tokens']} + {cfg['user_batch']} x {cfg['item_tokens']} tokens, P={cfg['prefix']}, "
+          f"forward + backward + Adam; medians of {reps} interleaved repetitions after a warm-up; torch threads {threads}")
+    print(f"machine load average (1 min) before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores; native bf16 (avx512_bf16): {native_bf16}\n")
+    header = (f"{'precision':9} {'layers':6} {'weight MB':>9} {'encode s':>9} {'train s':>8} "
+              f"{'trains':>6} {'grad cos':>8} {'state cos':>9}")
+    print(header)
+    print("-" * len(header))
+    fp32 = rows[0]
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['precision']:9} skipped: {r['skipped']}")
+            continue
+        print(f"{r['precision']:9} {r['layers']:6} {r['weight_MB']:9.1f} {r['encode_s']:9.2f} {r['train_step_s']:8.2f} "
+              f"{str(r['trains']):>6} {r.get('grad_cos_vs_fp32', 1.0):8.3f} {r.get('item_state_cos_vs_fp32', 1.0):9.3f}")
+    print()
+    for r in rows[1:]:
+        if "skipped" in r:
+            continue
+        print(f"{r['precision']}/fp32 (median of per-repetition ratios, range): "
+              f"encode {r['encode_ratio_vs_fp32']:.2f}x {r['encode_ratio_range']}, "
+              f"train step {r['train_step_ratio_vs_fp32']:.2f}x {r['train_step_ratio_range']}, "
+              f"weight bytes {r['weight_MB'] / fp32['weight_MB']:.3f}")
+    ok = [r for r in rows if "skipped" not in r and r["trains"]]
+    if ok:
+        best = min(ok, key=lambda r: r["train_step_s"] + r["encode_s"])
+        print(f"fastest precision that trains (train step + encode): {best['precision']}")
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median), after one warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--quick", action="store_true", help="SmolLM2 NF4/fp32 at 8 layers + MiniLM only, 1 rep")
+    ap.add_argument("--main-job", action="store_true",
+                    help="only the main job's LLM stages (SmolLM2, 6 layers) in fp32 / NF4 / bf16")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.main_job:
+        rows = main_job(args.reps, args.threads)
+        if args.json:
+            from rarec_lite.files import atomic_write_json
+
+            atomic_write_json(args.json, rows)
+        return
 
     configs = [
         ("smollm2-135m", "nf4", None),
