@@ -137,7 +137,10 @@ def setup_main_job(precision: str, fp32_ref: dict | None = None) -> dict:
     bb = load_backbone(cfg["name"], quantization="nf4" if precision == "nf4" else None,
                        device="cpu", max_layers=cfg["max_layers"])
     if precision == "bf16":
+        from rarec_lite.llm import _count_bytes_and_params
+
         bb.model.to(torch.bfloat16)
+        bb.info.weight_bytes = _count_bytes_and_params(bb.model)[1]
     L, H, P = bb.info.num_layers, bb.info.hidden_size, cfg["prefix"]
     item_ids, item_mask = _tokens(bb, cfg["item_batch"], cfg["item_tokens"], 1)
     u_ids, u_mask = _tokens(bb, cfg["user_batch"], cfg["user_tokens"], 2)
