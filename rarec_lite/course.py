@@ -82,8 +82,9 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
     """Pick the device and the precision of the frozen LLM, and say why.
 
     GPU present: ``cuda`` + NF4 (4-bit weights, bf16/fp16 compute) so that a 7B model fits a
-    16 GB card. No GPU: ``cpu`` + NF4 with fp32 compute (bitsandbytes' CPU kernels; bf16 compute
-    on CPU is slower and less accurate, see DEVELOPERS.md).
+    16 GB card. No GPU: ``cpu`` + full precision (fp32): on a CPU NF4 saves memory, not time
+    (bitsandbytes dequantizes every weight at every matmul; a RA-Rec training step measured 1.28x
+    slower in NF4, ``bench/bench_llm.py --main-job``); NF4 stays an option and notebook 03's lesson.
 
     Args:
         verbose: print the choice and the reason.
@@ -109,9 +110,10 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
     else:
         why = "RAREC_FORCE_CPU is set" if force_cpu and torch.cuda.is_available() else "no GPU found"
         hw = Hardware(
-            "cpu", "nf4", None, None, cpus, colab,
-            f"{why}: running on the CPU ({cpus} cores). The frozen LLM is still loaded in 4 bits "
-            "(NF4 weights, fp32 compute), which fits any laptop; expect minutes, not seconds."
+            "cpu", None, None, None, cpus, colab,
+            f"{why}: running on the CPU ({cpus} cores). The frozen LLM is loaded in full precision (fp32): "
+            "on a CPU 4-bit NF4 weights save memory but cost time (notebook 03 measures both); "
+            "expect minutes, not seconds."
             + (" On Colab: Runtime > Change runtime type > T4 GPU." if colab else ""),
         )
     if verbose:
@@ -214,7 +216,10 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
         from rarec_lite.pipeline import load_config
 
         main = load_config("cpu-quick")  # full mode is the README's main job: notebooks and pipeline agree
-        base = CourseSettings(False, hw.device, hw.quantization, main["llm"]["name"], main["data"]["max_users"] or None,
+        # on a CPU the main job's own precision (cpu-quick, chosen by measurement); on a GPU the hardware's (NF4)
+        cpu_quant = None if str(main["llm"]["quantization"]).lower() in ("none", "", "fp32") else main["llm"]["quantization"]
+        quant = cpu_quant if hw.device == "cpu" else hw.quantization
+        base = CourseSettings(False, hw.device, quant, main["llm"]["name"], main["data"]["max_users"] or None,
                               main["sasrec"]["epochs"], main["train"]["steps"], main["train"]["batch_size"],
                               main["eval"]["num_users"],
                               max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None,

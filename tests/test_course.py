@@ -17,7 +17,7 @@ from rarec_lite import course, exercises, plots
 def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("RAREC_FORCE_CPU", "1")
     hw = course.detect_hardware()
-    assert hw.device == "cpu" and hw.quantization == "nf4" and "CPU" in capsys.readouterr().out
+    assert hw.device == "cpu" and hw.quantization is None and "CPU" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "nothing"))
     monkeypatch.setattr(course, "find_raw_cloth", lambda: None)
@@ -31,7 +31,7 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "QUICK mode" in out and "synthetic toy data" in out
     f = course.settings(False, hw, verbose=False, eval_users=10)
-    assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", "nf4", None, 10)
+    assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", None, None, 10)
     assert (q.pooling, q.standardize) == (f.pooling, f.standardize) == ("mean", True)  # as in cpu-quick
     with pytest.raises(TypeError, match="unknown field"):
         course.settings(True, hw, verbose=False, epochs=3)
