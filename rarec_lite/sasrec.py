@@ -409,7 +409,7 @@ class SASRecConfig:
     max_len: int = 50
     num_layers: int = 2
     num_heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.5
     lr: float = 5e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -543,9 +543,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         device: ``"cpu"`` or ``"cuda"``.
         progress: show tqdm bars.
         max_steps_per_epoch: stop each epoch after that many batches (tests, quick demos).
-        **cfg: fields of :class:`SASRecConfig` (``hidden=64, max_len=50, num_layers=2,
-            num_heads=1, dropout=0.2, lr=5e-3, batch_size=256, epochs=30, patience=3,
-            seed=0, loss="ce"``).
+        **cfg: fields of :class:`SASRecConfig` that differ from its defaults (the one place
+            they are written; ``rarec-lite train-sasrec --help`` prints them).
 
     Returns:
         :class:`SASRecRun` with the frozen best model and its valid/test :class:`EvalResult`.
