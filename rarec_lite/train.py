@@ -60,7 +60,13 @@ class TrainConfig:
             incomplete batch of an epoch is dropped.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
-        lam: weight lambda of InfoNCE (0 = the "w/o InfoNCE" ablation).
+        lam: weight lambda of InfoNCE (0 = the "w/o InfoNCE" ablation). InfoNCE compares, per
+            layer, the ID-side representation centred on its batch mean with the text-only one
+            centred on the cache's mean, both divided by the text's per-dimension standard
+            deviation (a few massive-activation dimensions would otherwise decide every cosine).
+            Centring the ID side in the batch keeps the floor at ``log B`` for an empty soft prompt;
+            standardising it with the text's mean instead started every run above ``log B`` and
+            barely fell (measured on the Clothing cache: 3.31 -> 2.91 in 150 steps vs 2.82 -> 2.54).
         temperature: InfoNCE temperature tau.
         score_scale: BPR's score is ``score_scale * <u, v>``; ``None`` = ``1/sqrt(H)``
             (see :func:`rarec_lite.losses.bpr_loss`; no ranking changes, only the training dynamics).
@@ -477,12 +483,15 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         # InfoNCE: per layer, the ID-side representation (what the soft prompt carries) vs text only
         d_u = d_v = t_u = t_v = ()
         if cfg.lam > 0:
-            def z(x, side, layer):
+            def z(x, side, layer):  # text side: standardised with the cache's per-layer statistics
                 mu, sd = layer_stats[side]
                 return (x.float() - mu[layer]) / sd[layer]
+
+            def z_id(d, side, layer):  # ID side: centred in the batch, same scale (see TrainConfig)
+                return (d.float() - d.float().mean(0, keepdim=True)) / layer_stats[side][1][layer]
             L = alignment.num_layers
-            d_u = [z(d, "user", l) for l, d in enumerate(alignment.id_representations("user", user_emb))]
-            d_v = [z(d, "item", l) for l, d in enumerate(alignment.id_representations("item", item_emb))]
+            d_u = [z_id(d, "user", l) for l, d in enumerate(alignment.id_representations("user", user_emb))]
+            d_v = [z_id(d, "item", l) for l, d in enumerate(alignment.id_representations("item", item_emb))]
             t_u = [z(x, "user", l) for l, x in zip(range(L), text_cache.user_layers[idx].unbind(1))]
             t_v = [z(x, "item", l) for l, x in zip(range(L), text_cache.items(targets).unbind(1))]
         neg = extra.get("neg_states")
