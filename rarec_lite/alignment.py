@@ -24,9 +24,11 @@ the same budget), ``use_instruction=False`` (w/o contextual instruction), ``laye
 
 **Starting from the zero-shot model: the gate.** Every prefix slot's attention logit gets a
 learnable per-tower bias ``g`` (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_bias``),
-very negative at step 0 (``gate_init``): the text attends to the soft prompt with weight about
-``exp(gate_init)``, so the untrained model ranks like the zero-shot two-tower (measured: see the
-README), whatever the random prefix vectors. During a warm-up the trainer lifts this offset
+very negative at step 0 (``gate_init = -20``): the text attends to the soft prompt with weight
+about ``exp(gate_init)`` times ``exp(q.k)``, so the untrained model ranks like the zero-shot two-tower
+(the pipeline measures the step-0 metrics and how far the item states moved), whatever the random
+prefix vectors. (-12 was not enough on SmolLM2: random prefix keys have large logits, and the step-0
+item states moved by up to 2.2% of their norm.) During a warm-up the trainer lifts this offset
 linearly to 0 (the prefix vectors keep getting gradients all along, scaled by that weight;
 AdamW's normalisation makes their steps the usual size), and a learned per-tower scalar adjusts
 the final opening (:meth:`RAAlignment.prefix_bias`). Without it
@@ -96,7 +98,7 @@ class RAAlignment(nn.Module):
     def __init__(self, info: Any, id_dim: int, num_id_tokens: int = 1, num_instruction_tokens: int = 4,
                  layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
                  init_scale: float | Sequence[float] = 1.0, seed: int | None = 0,
-                 gate_init: float | None = -12.0):
+                 gate_init: float | None = -20.0):
         super().__init__()
         if not (use_id or use_instruction):
             raise ValueError("use_id and use_instruction are both False: nothing to train "

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
             "standardize": False},
-    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -12.0},
+    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0},
     "train": _train_defaults(),  # the training loop's defaults live in one place: rarec_lite.train.TrainConfig
     "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
                         "rarec"]},
