@@ -15,7 +15,9 @@ The prefix vectors enter layer ``l`` as hidden states in front of the text, push
 the layer's own frozen norm and K/V projections (:func:`rarec_lite.prefix.forward_with_prefix`).
 The user tower reads the hybrid prompt (a short hard prompt + the user soft prompt), the
 item tower the item text + the item soft prompt; the score is the dot product of the (standardised) pooled
-final states (:class:`TwoTower`).
+final states (:class:`TwoTower`), and :meth:`TwoTower.loss` is the training objective on one batch. This
+file is the method; :mod:`rarec_lite.prefix` is how a prefix enters a layer, :mod:`rarec_lite.losses` the two
+losses, :mod:`rarec_lite.train` the loop around :meth:`TwoTower.loss`.
 
 Variants of the paper's ablations: ``use_id=False`` (no ID representation: prefix tuning with
 the same budget), ``use_instruction=False`` (w/o contextual instruction), ``layer_specific=False``
@@ -395,6 +397,64 @@ class TwoTower(nn.Module):
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """Two-tower scores ``z_user(u) @ z_item(i).T``: (U, H) x (I, H) -> (U, I) (see the class docstring)."""
         return self.standardize(user_vecs, "user") @ self.standardize(item_vecs, "item").T
+
+    # -- the training objective ----------------------------------------------------------------
+    def loss(self, user_prompts: Sequence[str], user_emb: torch.Tensor | None, item_prompts: Sequence[str],
+             item_emb: torch.Tensor | None, item_ids: torch.Tensor, user_ids: torch.Tensor | None = None, *,
+             lam: float = 0.1, temperature: float = 0.1, score_scale: float = 1.0,
+             text_layers: tuple | None = None, extra_items: torch.Tensor | None = None,
+             extra_ids: torch.Tensor | None = None, rank_loss: str = "bpr", max_user_tokens: int | None = None,
+             max_item_tokens: int | None = None) -> dict[str, torch.Tensor]:
+        """RA-Rec's objective on one batch of B (user, target item) pairs (Sec. 3): read it top to bottom.
+
+        1. Both towers encode their prompts with their soft prompts; the pooled final states are
+           standardised per tower, exactly as :meth:`score` ranks them.
+        2. Ranking loss (BPR, or sampled softmax) of each user's target against the other targets of
+           the batch and ``extra_items`` (cached item-tower states of uniformly drawn items, no gradient).
+        3. InfoNCE per layer: the ID-side representation ``d^(l)`` (:meth:`RAAlignment.id_representations`,
+           what the soft prompt carries) against the text-only representation of the same user/item.
+           Both sides are divided by the text's per-dimension standard deviation at that layer; the
+           text side is centred on its cache mean, the ID side on its batch mean (an empty soft prompt
+           then gives exactly the ``log B`` floor; see :class:`rarec_lite.train.TrainConfig`).
+
+        Args:
+            user_prompts, item_prompts: B hybrid user prompts and B target item prompts.
+            user_emb, item_emb: (B, d) frozen SASRec user / item embeddings (``None`` without IDs).
+            item_ids, user_ids: (B,) ids (a repeated id is not a negative).
+            lam, temperature, score_scale, rank_loss: see :func:`rarec_lite.losses.alignment_loss`.
+            text_layers: with ``lam > 0``: ``(user (B, L, H), item (B, L, H), stats)``, the cached text-only
+                states at each layer's input and ``stats = {"user"|"item": (mean (L, H), std (L, H))}``.
+            extra_items: (N, H) raw item-tower states of extra negatives, ``extra_ids`` (N,) their ids.
+
+        Returns:
+            ``{"bpr", "infonce", "total"}`` scalar tensors (nats); ``bpr`` is the ranking loss.
+        """
+        from rarec_lite.losses import alignment_loss
+
+        u = self.encode_users(user_prompts, user_emb, max_tokens=max_user_tokens)
+        v = self.encode_items(item_prompts, item_emb, max_tokens=max_item_tokens)
+        d_u = d_v = t_u = t_v = ()
+        if lam > 0:
+            if text_layers is None or self.alignment is None:
+                raise ValueError("lam > 0 needs text_layers and an alignment with an ID representation")
+            text_u, text_v, stats = text_layers
+
+            def z_text(x, side, layer):
+                mu, sd = stats[side]
+                return (x.float() - mu[layer]) / sd[layer]
+
+            def z_id(d, side, layer):
+                return (d.float() - d.float().mean(0, keepdim=True)) / stats[side][1][layer]
+
+            d_u = [z_id(d, "user", l) for l, d in enumerate(self.alignment.id_representations("user", user_emb))]
+            d_v = [z_id(d, "item", l) for l, d in enumerate(self.alignment.id_representations("item", item_emb))]
+            t_u = [z_text(x, "user", l) for l, x in enumerate(text_u.unbind(1))]
+            t_v = [z_text(x, "item", l) for l, x in enumerate(text_v.unbind(1))]
+        negatives = self.standardize(extra_items, "item") if extra_items is not None else None
+        return alignment_loss(self.standardize(u, "user"), self.standardize(v, "item"), d_u, t_u, d_v, t_v,
+                              lam, temperature, item_ids=item_ids, score_scale=score_scale, user_ids=user_ids,
+                              extra_items=negatives, extra_ids=extra_ids if negatives is not None else None,
+                              rank_loss=rank_loss)
 
     # -- tokenising ------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ Read :func:`train_alignment` top to bottom; it is the whole loop:
 3. loss = ranking loss (BPR, or sampled softmax) over the in-batch targets **and** the cached
    negatives + lambda * InfoNCE, per layer, between each tower's ID-side representation (what
    the soft prompt carries) and the cached text-only representation of the same user / item
-   (:func:`rarec_lite.losses.alignment_loss`);
+   (:meth:`rarec_lite.alignment.TwoTower.loss`, the objective, read it there);
 4. AdamW step on the alignment parameters only (the LLM and SASRec are frozen), learning rate
    with linear warm-up and cosine decay; after the first step, a **gradient guard**: every
    trainable tensor must have received a finite, non-zero gradient, else a clear error
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from rarec_lite.files import atomic_write_json, load_checkpoint, save_checkpoint
-from rarec_lite.losses import alignment_loss
 from rarec_lite.sampling import Sample
 
 __all__ = ["TrainConfig", "TrainResult", "TextCache", "build_text_cache", "train_alignment", "check_gradients",
@@ -477,29 +476,17 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         user_emb = user_ids_emb(idx)
         item_emb = item_id_emb[targets].detach() if alignment.use_id else None
 
-        # the two towers (pooled final states)
-        u = tower.encode_users([user_prompts[i] for i in idx], user_emb, max_tokens=cfg.max_user_tokens)
-        v = tower.encode_items([item_prompts[t] for t in targets], item_emb, max_tokens=cfg.max_item_tokens)
-        # InfoNCE: per layer, the ID-side representation (what the soft prompt carries) vs text only
-        d_u = d_v = t_u = t_v = ()
+        # RA-Rec's objective on this batch: both towers, the ranking loss, InfoNCE (alignment.TwoTower.loss)
+        text_layers = None
         if cfg.lam > 0:
-            def z(x, side, layer):  # text side: standardised with the cache's per-layer statistics
-                mu, sd = layer_stats[side]
-                return (x.float() - mu[layer]) / sd[layer]
-
-            def z_id(d, side, layer):  # ID side: centred in the batch, same scale (see TrainConfig)
-                return (d.float() - d.float().mean(0, keepdim=True)) / layer_stats[side][1][layer]
-            L = alignment.num_layers
-            d_u = [z_id(d, "user", l) for l, d in enumerate(alignment.id_representations("user", user_emb))]
-            d_v = [z_id(d, "item", l) for l, d in enumerate(alignment.id_representations("item", item_emb))]
-            t_u = [z(x, "user", l) for l, x in zip(range(L), text_cache.user_layers[idx].unbind(1))]
-            t_v = [z(x, "item", l) for l, x in zip(range(L), text_cache.items(targets).unbind(1))]
-        neg = extra.get("neg_states")
-        losses = alignment_loss(tower.standardize(u, "user"), tower.standardize(v, "item"), d_u, t_u, d_v, t_v,
-                                cfg.lam, cfg.temperature, item_ids=torch.tensor(targets), score_scale=score_scale,
-                                user_ids=torch.tensor([samples[i].user for i in idx]),
-                                extra_items=tower.standardize(neg, "item") if neg is not None and cfg.negatives else None,
-                                extra_ids=extra.get("neg_ids"), rank_loss=cfg.rank_loss)
+            text_layers = (text_cache.user_layers[idx], text_cache.items(targets), layer_stats)
+        neg = extra.get("neg_states") if cfg.negatives else None
+        losses = tower.loss([user_prompts[i] for i in idx], user_emb, [item_prompts[t] for t in targets], item_emb,
+                            torch.tensor(targets), torch.tensor([samples[i].user for i in idx]),
+                            lam=cfg.lam, temperature=cfg.temperature, score_scale=score_scale,
+                            text_layers=text_layers, extra_items=neg, extra_ids=extra.get("neg_ids"),
+                            rank_loss=cfg.rank_loss, max_user_tokens=cfg.max_user_tokens,
+                            max_item_tokens=cfg.max_item_tokens)
 
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
