@@ -405,7 +405,7 @@ class SASRecConfig:
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
-    hidden: int = 64
+    hidden: int = 128
     max_len: int = 50
     num_layers: int = 2
     num_heads: int = 1
