@@ -193,15 +193,36 @@ history masked), with HR@K and NDCG@K.
     code('''\
 ds = course.load_course_dataset(cfg)
 split = ds.split()'''),
-    md("## 1. Train\n`course.sasrec_run` calls `sasrec.train_sasrec` with the course settings; the run is written "
-       "under `$RAREC_HOME/runs/` and resumes from its checkpoint, so later notebooks reuse it."),
+    md("## 1. Train\n`course.sasrec_run` trains SASRec on `split.train` (each user's `s[:-2]`), checks "
+       "validation NDCG@10 (target `s[-2]`) after every epoch and stops when it has not improved for "
+       "`patience` epochs, keeping the **best epoch's** weights; the test items `s[-1]` are never seen. "
+       "The run is cached under `$RAREC_HOME/runs/`, keyed by a hash of the data and the hyper-parameters, "
+       "so notebooks 06 and 08 and the pipeline reuse the same encoder. Full mode uses the package "
+       "defaults (`rarec-lite train-sasrec --help` lists them), the best measured on Clothing (README, "
+       "\"The ID encoder\")."),
     code('''\
 run = course.sasrec_run(cfg, ds)
-print("valid:", run.valid.metrics)
-print("test :", run.test.metrics)
-hist = run.metrics.get("history", [])
+m = run.metrics
+print(f"{m['epochs']} epochs, best epoch {m['best_epoch']} (its weights are kept), {m['train_seconds']:.0f} s of training")
+print(metrics.format_metrics({"SASRec (valid)": run.valid, "SASRec (test)": run.test}))
+hist = m.get("history", [])
 if hist:
-    plots.training_curves({"train loss": [h.get("loss", np.nan) for h in hist]}, xlabel="epoch");'''),
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.2))
+    epochs = [h["epoch"] for h in hist]
+    ax_loss.plot(epochs, [h["loss"] for h in hist], marker="o")
+    ax_loss.set_xlabel("epoch"); ax_loss.set_ylabel("training loss (nats)"); ax_loss.set_title("Training loss")
+    ax_val.plot(epochs, [h["valid_ndcg10"] for h in hist], marker="o")
+    ax_val.axvline(m["best_epoch"], color="grey", ls="--", label=f"best epoch {m['best_epoch']}")
+    ax_val.set_xlabel("epoch"); ax_val.set_ylabel("validation NDCG@10"); ax_val.set_title("Early stopping")
+    ax_val.legend();'''),
+    md("**Full mode, measured** (all 39,387 users, the defaults: hidden 128, dropout 0.5, full-catalogue "
+       "cross-entropy): validation NDCG@10 peaks at epoch 6 (0.0158) and training stops after epoch 9; test "
+       "NDCG@10 **0.0148**, HR@10 0.0260, HR@100 0.0764, against MostPop's 0.0037 / 0.0071 / 0.0473. "
+       "Quick mode (a 300-user slice, a tiny model, 2 epochs) only shows that the code runs: its numbers "
+       "mean nothing."),
+    md("**Think:** the training loss keeps falling after the best epoch while validation NDCG@10 goes down: "
+       "what is the model learning then? Which of the regularisers in `rarec-lite train-sasrec --help` "
+       "would you try first on data where a user has ~7 items?"),
     md("## 2. Against popularity\nA sequence model must beat MostPop to be worth anything."),
     code('''\
 pop = baselines.MostPop().fit(split.train, ds.num_items)
