@@ -328,9 +328,11 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
         loss: ``"ce"`` softmax cross-entropy over all ``I`` items (logits only at the ``N``
             positions with a target, an ``(N, I)`` matrix; Klenitskiy & Vasilev, RecSys 2023);
             ``"gbce"`` gSASRec's generalised binary cross-entropy (Petrov & Macdonald, RecSys
-            2023, Eq. 11) with ``k = num_negatives`` uniform negatives shared by the batch (an
-            ``(N, k)`` matrix; a negative equal to a position's target is dropped for that position):
-            ``-beta * log s(pos) - sum_neg log(1 - s(neg))``, ``beta`` from :func:`gbce_beta`;
+            2023, Eq. 11) with ``k = num_negatives`` negatives per position, drawn uniformly (with
+            replacement) among the items other than its target (an ``(N, k, d)`` gather):
+            ``-beta * log s(pos) - sum_neg log(1 - s(neg))``, ``beta`` from :func:`gbce_beta`.
+            (Negatives shared by the whole batch did not learn, not even on a toy task: each
+            item is then pushed down too rarely);
             ``"bce"`` the SASRec paper's Eq. (8): ``-log s(pos) - log(1 - s(neg))`` with one
             uniformly sampled negative per position; ``"bpr"`` ``-log s(pos - neg)`` (Rendle et al.
             2009) with the same negative. ``s`` is the logistic sigmoid.
@@ -355,11 +357,10 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
     pos_logit = (h * items[pos]).sum(-1)
     if loss == "gbce":
         beta = gbce_beta(model.num_items, num_negatives, gbce_t)
-        neg = torch.randperm(model.num_items, generator=generator, device="cpu")[:num_negatives].to(pos.device)
-        neg_logit = h @ items[neg].T  # (N, k)
-        clash = neg[None, :] == pos[:, None]  # the target drawn as a negative: not a negative there
-        neg_term = F.logsigmoid(-neg_logit).masked_fill(clash, 0.0).sum(-1)
-        return -(beta * F.logsigmoid(pos_logit) + neg_term).mean()
+        neg = torch.randint(0, model.num_items - 1, (len(pos), num_negatives), generator=generator, device=pos.device)
+        neg = neg + (neg >= pos[:, None]).long()  # (N, k), uniform over the items != the position's target
+        neg_logit = torch.einsum("nd,nkd->nk", h, items[neg])  # (N, k)
+        return -(beta * F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit).sum(-1)).mean()
     neg = torch.randint(0, model.num_items - 1, pos.shape, generator=generator, device=pos.device)
     neg = neg + (neg >= pos).long()  # uniform over the items != pos
     neg_logit = (h * items[neg]).sum(-1)
