@@ -416,7 +416,9 @@ print("ID Translation (zero-shot):", {k: round(v, 4) for k, v in res.metrics.ite
        "deviation (fixed statistics of a sample of text-only item states, never trained) before the dot product. "
        "Below: the per-dimension size of the item states, and the same vectors ranked both ways. *In quick mode "
        "(tiny random model, 300 users) the numbers are noise; in full mode on this CPU this cell measured HR@100 "
-       "0.015 raw vs 0.037 standardised, and 45% vs 19% of users sharing the same top-1 item.*"),
+       "0.015 raw vs 0.037 standardised, and 45% vs 19% of users sharing the same top-1 item (an earlier version "
+       "that ranked a tied target last among its ties; the metrics are now exact expectations over ties, which "
+       "raises text methods a little).*"),
     code('''\
 fig, ax = plt.subplots(figsize=(8, 2.6))
 ax.bar(range(i_vecs.shape[1]), i_vecs.abs().mean(0).numpy(), width=1.0)
@@ -424,7 +426,7 @@ ax.set_yscale("log"); ax.set_xlabel("hidden dimension"); ax.set_ylabel("mean |st
 ax.set_title("item states: mean size per dimension (log scale)")
 hist = [split.test_history[u] for u in users]
 for name, scores in [("raw dot product", u_vecs @ i_vecs.T), ("standardised", tower.score(u_vecs, i_vecs))]:
-    r = metrics.full_ranking_ranks(scores, split.test_target[users], hist)
+    r = metrics.full_ranking_rank_ties(scores, split.test_target[users], hist)  # (greater, tied): expected over ties
     top1 = scores.argmax(1)
     same = (top1 == top1.mode().values).float().mean().item()
     m = metrics.metrics_from_ranks(r, (10, 100))
