@@ -39,6 +39,10 @@ The RA-Rec alignment trains on the validation pairs ``(s[:-2], s[-2])``
 ``[train] samples_from``): no alignment target is a SASRec training target (SASRec only used
 ``s[-2]`` to pick its epoch), and neither model trains on ``s[-1]``. Keep this split: training
 SASRec on ``s[:-1]`` would make every alignment target a memorised SASRec target.
+
+Histories are **right-aligned**: the most recent item is always in the last column, earlier
+columns are padded with 0. Positions are counted in that window (column ``L - 1`` is always
+the most recent item), so a batch may be cut to its longest history without changing anything.
 """
 
 from __future__ import annotations
@@ -260,8 +264,8 @@ class _FullSoftmaxCE(torch.autograd.Function):
 
     Same value and gradients as ``F.cross_entropy(h @ items.T, pos)``; the logits are turned
     into probabilities in place and reused as the gradient, so the catalogue-sized matrix is
-    written 3 times instead of 6 (log-softmax, its gradient, the one-hot fill): about 1.5x faster
-    on CPU, and half the memory.
+    written 3 times instead of 6 (log-softmax, its gradient, the one-hot fill): about 1.4x faster
+    on CPU (``bench/bench_sasrec.py``), and half the memory.
     """
 
     @staticmethod
