@@ -94,7 +94,8 @@ def config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise FileNotFoundError(f"config file {path} does not exist" if not path.exists()
+                                    else f"config {path} is a directory, not a .toml file")
         return path
     packaged = resources.files("rarec_lite") / "configs" / f"{name_or_path}.toml"
     if packaged.is_file():
@@ -157,7 +158,23 @@ def load_config(name_or_path: str | Path | dict) -> dict:
     bad = [m for m in cfg["methods"]["run"] if m not in METHODS]
     if bad:
         raise ValueError(f"{source}: unknown method(s) {bad} in [methods] run (known: {', '.join(METHODS)})")
+    for section, key, allowed in CHOICES:
+        value = cfg[section][key]
+        if str(value).lower() not in allowed:
+            raise ValueError(f"{source}: [{section}] {key} = {value!r} must be one of {', '.join(map(repr, allowed))}")
+    for section, key, low in MINIMA:
+        if cfg[section][key] < low:
+            raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be >= {low}")
     return cfg
+
+
+CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
+           ("train", "rank_loss", ("bpr", "softmax")), ("train", "schedule", ("cosine", "constant")),
+           ("train", "samples_from", ("valid", "train"))]
+"""Config values checked when the config is read (not hours later, when a stage first uses them)."""
+MINIMA = [("train", "batch_size", 2), ("train", "steps", 1), ("train", "samples", 2), ("train", "negatives", 0),
+          ("train", "refresh_every", 1), ("eval", "num_users", 1), ("llm", "batch_size", 1),
+          ("llm", "user_max_tokens", 1), ("llm", "item_max_tokens", 1), ("sasrec", "epochs", 1)]
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -677,7 +694,16 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "config.json"
     if previous.exists() and _signature(read_json(previous)) != _signature(cfg):
-        raise ValueError(f"{out_dir} holds results of a different configuration ({previous}); "
+        old = json.loads(_signature(read_json(previous)))
+        new = json.loads(_signature(cfg))
+        differ = [f"[{sec}] {k}" for sec in sorted(set(old) | set(new))
+                  for k in sorted(set(old.get(sec, {}) if isinstance(old.get(sec), dict) else {})
+                                  | set(new.get(sec, {}) if isinstance(new.get(sec), dict) else {}))
+                  if isinstance(old.get(sec), dict) and old[sec].get(k) != (new.get(sec) or {}).get(k)]
+        differ += [k for k in sorted(set(old) | set(new)) if not isinstance(old.get(k, new.get(k)), dict)
+                   and old.get(k) != new.get(k)]
+        raise ValueError(f"{out_dir} holds results of a different configuration ({previous}; differs in "
+                         f"{', '.join(differ) or '?'}); "
                          f"use another --out or delete that directory")
     atomic_write_json(previous, cfg)
     torch.manual_seed(cfg["seed"])
@@ -867,7 +893,8 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     sc = result.get("scoring")
     if sc:
         lines += [f"LLM scores: {sc['pooling']} pooling of the final states; "
-                  + ("dot product of standardised states (fixed text-only item statistics; see README)."
+                  + ("dot product of standardised states (each tower's own fixed statistics: the catalogue's for "
+                     "items, training users' prompts for users, recomputed after training; see README)."
                      if sc["standardize"] else "raw dot product."), ""]
     cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
     lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "

@@ -215,3 +215,25 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
         run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["gpt5"])
     with pytest.raises(ValueError, match="no method"):
         run_pipeline(cfg, out=tmp_path, progress=False, add_methods=[])
+
+
+def test_bad_values_are_refused_when_the_config_is_read(tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, match in [('[llm]\npooling = "avg"\n', r"bad\.toml: \[llm\] pooling = 'avg' must be one of"),
+                        ('[llm]\nquantization = "nf5"\n', r"\[llm\] quantization = 'nf5'"),
+                        ("[train]\nbatch_size = 1\n", r"\[train\] batch_size = 1 must be >= 2"),
+                        ('[train]\nrank_loss = "hinge"\n', r"\[train\] rank_loss"),
+                        ("[sasrec]\nepochs = 0\n", r"\[sasrec\] epochs = 0 must be >= 1")]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_config(bad)
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_a_clash_names_the_keys_that_differ(tmp_path):
+    cfg = tiny_config(run=["mostpop"])
+    run_pipeline(cfg, out=tmp_path, progress=False)
+    cfg["train"]["steps"] = 9
+    with pytest.raises(ValueError, match=r"differs in \[train\] steps"):
+        run_pipeline(cfg, out=tmp_path, progress=False)
