@@ -201,7 +201,7 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
     steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors).
     Full mode: the sizes of the pipeline's ``cpu-quick`` config (the README's main job): SmolLM2-135M
-    in NF4 (on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
+    (fp32 on a CPU, NF4 on a GPU; on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
     and alignment steps, and the LLM paradigms scored on its fixed random sample of test users
     against the whole catalogue (SASRec and MostPop on every user). Any field can be overridden by keyword.
 
