@@ -884,8 +884,9 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
              + ".", "",
              f"Protocol: {result['protocol']}; {ds['eval_users']:,} test users ranked against all "
              f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked; ties: "
-             f"{result.get('ties', 'pessimistic')} (exact expectation over a uniformly random order of the items "
-             f"tied with the target).", ""]
+             + ("expected (exact expectation over a uniformly random order of the items tied with the target)."
+                if result.get("ties") == "expected" else "pessimistic (a tied target ranks last among its ties)."),
+             ""]
     if bb:
         lines += [f"Backbone: {bb['name']} ({bb['architecture']}, {bb['layers']} of {bb['layers_total']} layers, "
                   f"hidden {bb['hidden']}, {bb['quantization'] or 'fp32'}, {bb['weight_mib']:.0f} MiB of weights, "
@@ -910,14 +911,16 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         tok_txt = f"{tokens:.0f}" + (f" (needs {needed:.0f})" if needed and needed > tokens + 0.5 else "")
         if e.get("kind") == "baseline":
             tok_txt = "–"  # no prompt at all
+        dash = lambda v, fmt: fmt.format(v) if v else "–"  # noqa: E731 (nothing of the kind, not zero)
         lines.append(f"| {e['label']} | " + " | ".join(row) + f" | {ci_txt} | {tok_txt} | "
-                     f"{e.get('soft_prompt_tokens', 0)} | {e.get('trainable_params', 0):,} | "
-                     f"{e.get('train_samples', 0):,} | {e.get('train_seconds', 0):.1f} |")
+                     f"{dash(e.get('soft_prompt_tokens', 0), '{}')} | {dash(e.get('trainable_params', 0), '{:,}')} | "
+                     f"{dash(e.get('train_samples', 0), '{:,}')} | {dash(e.get('train_seconds', 0), '{:.1f}')} |")
     pairs = [(name, e) for name, e in result["methods"].items() if any(k.startswith("vs_") for k in e)]
     if pairs:
         lines += ["", "Paired differences on the same users (method minus the column's baseline): mean, 95% "
                   "bootstrap CI, sign-flip p-value.", "",
-                  "| method | " + " | ".join(f"{m} − {b}" for b in COMPARE_WITH for m in ("HR@100", "NDCG@10")) + " |",
+                  "| method | " + " | ".join(f"{m} − {METHODS[b].label}" for b in COMPARE_WITH for m in ("HR@100", "NDCG@10"))
+                  + " |",
                   "|---|" + "---|" * (2 * len(COMPARE_WITH))]
         for name, e in pairs:
             cells = []
@@ -931,7 +934,7 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     if starts:
         lines += ["", "Where training starts (step 0: untrained soft prompts behind a closed gate) and where it ends:", ""]
         for e, s0 in starts:
-            gate = ", ".join(f"{k} {v:+.1f}" for k, v in (e.get("gate") or {}).items())
+            gate = ", ".join(f"{k} {v + 0.0:+.2f}" for k, v in (e.get("gate") or {}).items())
             lines.append(f"- {e['label']}: HR@100 {s0['HR@100']:.4f} -> {e['HR@100']:.4f}, NDCG@10 "
                          f"{s0['NDCG@10']:.4f} -> {e['NDCG@10']:.4f} (step-0 item states within "
                          f"{s0['max_item_deviation']:.1e} of text-only; learned gate {gate or '–'})")
