@@ -223,22 +223,29 @@ class SASRec(nn.Module):
         """``(B, I)`` next-item scores ``encode(h) @ item_embeddings().T``."""
         return self.encode(histories) @ self.item_embeddings().T
 
-    def _encode_sorted(self, histories: Sequence[np.ndarray], chunk: int = 256) -> torch.Tensor:
+    def _encode_sorted(self, histories: Sequence[np.ndarray], tokens: int = 16384) -> torch.Tensor:
         """``(B, d)`` encodings of raw histories, computed in chunks of similar length.
 
         A batch is padded to its longest history; Clothing histories are mostly short (median 6)
-        with a few long ones, so encoding users sorted by length, ``chunk`` at a time, does a
-        fraction of the padded work. Same result as one padded batch (up to float rounding).
+        with a few long ones, so users are encoded sorted by length, in chunks of at most
+        ``tokens`` padded positions (many short histories at once, few long ones): a fraction of
+        the padded work, in few enough calls that thread start-up does not dominate. Same result
+        as one padded batch (up to float rounding).
         """
         device = self.item_emb.weight.device
         histories = list(histories)
-        lengths = np.array([min(len(h), self.max_len) for h in histories], dtype=np.int64)
+        lengths = np.array([max(min(len(h), self.max_len), 1) for h in histories], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
         out = torch.empty(len(histories), self.hidden, device=device)
-        for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
+        start = 0
+        while start < len(order):
+            stop = start + 1  # sorted ascending: the chunk's width is its last user's length
+            while stop < len(order) and (stop + 1 - start) * lengths[order[stop]] <= tokens:
+                stop += 1
+            idx = order[start:stop]
             padded = pad_histories([histories[i] for i in idx], self.max_len, trim=True).to(device)
             out[torch.as_tensor(idx, device=device)] = self.encode(padded)
+            start = stop
         return out
 
     @torch.no_grad()
