@@ -176,13 +176,18 @@ def test_bad_inputs_are_named():
 # ----------------------------------------------------------------------------- cross-check
 
 
-def test_full_ranking_matches_reference_on_random_ties():
-    rng = np.random.default_rng(0)
-    num_users, num_items = 40, 30
-    # integer scores in 0..4 -> many ties
-    scores = rng.integers(0, 5, size=(num_users, num_items)).astype(np.float32)
+def _tied_case(seed: int, num_users: int, num_items: int, levels: int, max_history: int):
+    """Integer scores in 0..levels-1 (many ties), random targets and histories."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, size=(num_users, num_items)).astype(np.float32)
     targets = rng.integers(0, num_items, size=num_users)
-    histories = [rng.choice(num_items, size=rng.integers(0, 8), replace=False) for _ in range(num_users)]
+    histories = [rng.choice(num_items, size=rng.integers(0, max_history), replace=False) for _ in range(num_users)]
+    return scores, targets, histories
+
+
+def test_full_ranking_matches_reference_on_random_ties():
+    num_users, num_items = 40, 30
+    scores, targets, histories = _tied_case(0, num_users, num_items, 5, 8)
     ranks = full_ranking_ranks(scores, targets, histories)
     expected = [reference_rank(scores[u].tolist(), int(targets[u]), histories[u].tolist()) for u in range(num_users)]
     assert ranks.tolist() == expected
@@ -197,7 +202,7 @@ def test_full_ranking_matches_reference_on_random_ties():
 def test_evaluate_batches_agree_and_users_keyword():
     rng = np.random.default_rng(1)
     num_users, num_items = 23, 17
-    table = rng.normal(size=(num_users, num_items)).astype(np.float32)
+    table = np.random.default_rng(12).normal(size=(num_users, num_items)).astype(np.float32)
     histories = [rng.choice(num_items, size=3, replace=False) for _ in range(num_users)]
     targets = rng.integers(0, num_items, size=num_users)
 
@@ -215,7 +220,7 @@ def test_evaluate_batches_agree_and_users_keyword():
 def test_sampled_protocol_labelled_and_correct():
     rng = np.random.default_rng(2)
     num_users, num_items = 12, 300
-    table = rng.normal(size=(num_users, num_items)).astype(np.float32)
+    table = np.random.default_rng(12).normal(size=(num_users, num_items)).astype(np.float32)
     histories = [rng.choice(num_items, size=5, replace=False) for _ in range(num_users)]
     targets = np.array([rng.choice(np.setdiff1d(np.arange(num_items), h)) for h in histories])
     negatives = sample_negatives(histories, targets, num_items, 100, seed=3)
@@ -308,11 +313,8 @@ def test_expected_matches_monte_carlo_over_random_tie_orders():
 
 
 def test_pessimistic_matches_the_old_rule_and_expected_lies_between():
-    rng = np.random.default_rng(11)
     num_users, num_items = 60, 40
-    scores = rng.integers(0, 6, size=(num_users, num_items)).astype(np.float32)
-    targets = rng.integers(0, num_items, size=num_users)
-    histories = [rng.choice(num_items, size=rng.integers(0, 9), replace=False) for _ in range(num_users)]
+    scores, targets, histories = _tied_case(11, num_users, num_items, 6, 9)
     old = old_pessimistic_ranks(scores, targets, histories)
     assert full_ranking_ranks(scores, targets, histories).tolist() == old.tolist()
     pes = evaluate(lambda h, users: scores[users], histories, targets, num_items, ks=(5, 10), ties="pessimistic")
@@ -327,7 +329,7 @@ def test_pessimistic_matches_the_old_rule_and_expected_lies_between():
         assert np.all(worst <= exp.per_user(name) + 1e-15) and np.all(exp.per_user(name) <= best + 1e-15)
         assert exp.metrics[name] > pes.metrics[name]  # ties exist, so expected is strictly above
     # no ties at all: both rules give the same numbers
-    table = rng.normal(size=(num_users, num_items)).astype(np.float32)
+    table = np.random.default_rng(12).normal(size=(num_users, num_items)).astype(np.float32)
     a = evaluate(lambda h, users: table[users], histories, targets, num_items, ks=(5,))
     b = evaluate(lambda h, users: table[users], histories, targets, num_items, ks=(5,), ties="pessimistic")
     assert a.metrics == b.metrics and a.ranks.tolist() == b.ranks.tolist()
