@@ -575,6 +575,11 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         raise ValueError(f"unknown loss {config.loss!r}: use one of {LOSSES}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}: use one of {LR_SCHEDULES}")
+    for name in ("epochs", "patience", "batch_size", "hidden", "max_len", "num_layers", "num_heads"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"SASRec {name} must be >= 1; got {getattr(config, name)} (0 epochs would export an "
+                             "untrained model)" if name == "epochs" else f"SASRec {name} must be >= 1; got "
+                             f"{getattr(config, name)}")
     if config.loss == "gbce":
         gbce_beta(int(dataset.num_items), config.num_negatives, config.gbce_t)  # range checks
     conf = asdict(config)

@@ -404,3 +404,12 @@ def test_gbce_learns_the_toy_task(tmp_path):
     run = train_sasrec(ds, tmp_path / "g", progress=False, epochs=15, patience=15, loss="gbce", num_negatives=4,
                        gbce_t=0.0, **TINY)
     assert run.test.metrics["NDCG@10"] > 0.6  # random ranking: ~0.02
+
+
+def test_zero_epochs_is_refused_not_exported_untrained(tmp_path):
+    from rarec_lite.data import synthetic_dataset
+
+    ds = synthetic_dataset(num_users=20, seed=0)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train_sasrec(ds, tmp_path / "run", progress=False, epochs=0)
+    assert not (tmp_path / "run" / "metrics.json").exists()
