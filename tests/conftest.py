@@ -53,3 +53,40 @@ def session_home(tmp_path_factory) -> Path:
     path = Path(env) if env else tmp_path_factory.mktemp("session_home")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ----------------------------------------------------------------- bitsandbytes as on an AVX512-BF16 CPU
+def _amx_like_gemv_4bit(calls):
+    """A stand-in for bnb's AMX/AVX512-BF16 4-bit kernel: same values, no gradient; raises (instead of
+    SIGFPE) on an empty input."""
+    import torch
+
+    import copy
+
+    import bitsandbytes.functional as bnbf
+
+    def gemv_4bit(A, B, out=None, transposed_A=False, transposed_B=False, state=None):
+        calls.append(tuple(A.shape))
+        if A.numel() == 0:
+            raise RuntimeError("zero-length input into a repacked 4-bit layer (SIGFPE on an AVX512-BF16 CPU)")
+        assert state.packing_format_for_cpu
+        qs = copy.deepcopy(state)
+        w, qs = bnbf._convert_weight_packed_for_cpu_inverse(B.data.clone(), qs)
+        with torch.no_grad():
+            W = bnbf.dequantize_4bit(w, qs).to(torch.bfloat16)
+            return (A.detach().to(torch.bfloat16) @ W.t()).to(A.dtype)
+
+    return gemv_4bit
+
+
+@pytest.fixture
+def amx_cpu(monkeypatch):
+    """bitsandbytes behaving as on an AVX512-BF16 CPU; yields the list of stand-in kernel calls."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+    import bitsandbytes.nn.modules as bnb_modules
+
+    calls = []
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    monkeypatch.setattr(bnbf, "gemv_4bit", _amx_like_gemv_4bit(calls))
+    return calls

@@ -186,13 +186,15 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
                         progress=False)
 
 
-@pytest.mark.parametrize("quantization", [None, "nf4"])
-def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization):
+@pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16")])
+def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization, cpu, request):
     # the pipeline's order: a no-grad pass first (standardisation statistics), then training. On CPUs
     # with AVX512-BF16, bitsandbytes 0.50.2 used to repack 4-bit weights on that pass and pass no
     # gradient afterwards; load_backbone switches that path off, and the guard would catch it.
     if quantization:
         pytest.importorskip("bitsandbytes")
+    if cpu == "avx512_bf16":  # bitsandbytes as on such a CPU (conftest.amx_cpu: its repacked, gradient-less path)
+        calls = request.getfixturevalue("amx_cpu")
     from rarec_lite.llm import load_backbone
 
     with pytest.MonkeyPatch.context() as mp:
@@ -213,3 +215,5 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
     moved = {k: float((v - start[k]).abs().max()) for k, v in tower.alignment.state_dict().items()}
     # every tensor moved: the instruction and the gate only learn through the (4-bit) LLM layers
     assert all(m > 0 for m in moved.values()), moved
+    if cpu == "avx512_bf16":
+        assert calls == []  # load_backbone kept every 4-bit layer off the repacked kernel
