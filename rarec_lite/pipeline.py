@@ -513,7 +513,6 @@ class Experiment:
     def run_llm_method(self, method: Method, t0: float) -> dict:
         """An LLM method end to end: build its towers, train them when it is a trained method
         (reporting the step-0 metrics first), then rank the evaluation users (:meth:`evaluate_tower`)."""
-        budget = int(self.cfg["llm"]["user_max_tokens"])
         eval_prompts = self.eval_prompts(method)
         facts: dict[str, Any] = {
             "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
@@ -639,7 +638,8 @@ class Experiment:
         probe = np.sort(np.random.default_rng([self.seed, 5]).choice(len(items), size=min(256, len(items)),
                                                                        replace=False))
         probe_emb = self.sasrec.item_embeddings().detach().float()[probe] if method.use_id else None
-        got = tower.encode_batched([self.item_prompts(method.prompts)[i] for i in probe], "item", probe_emb,
+        prompts = self.item_prompts(method.prompts)
+        got = tower.encode_batched([prompts[i] for i in probe], "item", probe_emb,
                                    int(llm["batch_size"]), int(llm["item_max_tokens"]), progress=False)
         deviation = float(((got - items[probe]).norm(dim=1) / items[probe].norm(dim=1)).max())
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
@@ -694,14 +694,11 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "config.json"
     if previous.exists() and _signature(read_json(previous)) != _signature(cfg):
-        old = json.loads(_signature(read_json(previous)))
-        new = json.loads(_signature(cfg))
-        differ = [f"[{sec}] {k}" for sec in sorted(set(old) | set(new))
-                  for k in sorted(set(old.get(sec, {}) if isinstance(old.get(sec), dict) else {})
-                                  | set(new.get(sec, {}) if isinstance(new.get(sec), dict) else {}))
-                  if isinstance(old.get(sec), dict) and old[sec].get(k) != (new.get(sec) or {}).get(k)]
-        differ += [k for k in sorted(set(old) | set(new)) if not isinstance(old.get(k, new.get(k)), dict)
-                   and old.get(k) != new.get(k)]
+        old, new = json.loads(_signature(read_json(previous))), json.loads(_signature(cfg))
+        flat = lambda c: {f"[{k}] {kk}" if isinstance(v, dict) else k: vv  # noqa: E731
+                          for k, v in c.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
+        a, b = flat(old), flat(new)
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ValueError(f"{out_dir} holds results of a different configuration ({previous}; differs in "
                          f"{', '.join(differ) or '?'}); "
                          f"use another --out or delete that directory")
