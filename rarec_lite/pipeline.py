@@ -699,6 +699,8 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
                           for k, v in c.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
         a, b = flat(old), flat(new)
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if len(differ) > 6:
+            differ = differ[:6] + [f"and {len(differ) - 6} more"]
         raise ValueError(f"{out_dir} holds results of a different configuration ({previous}; differs in "
                          f"{', '.join(differ) or '?'}); "
                          f"use another --out or delete that directory")
