@@ -516,7 +516,7 @@ for name, m in [("RA-Rec, step 0 (closed gate)", s0), ("ID Translation, zero-sho
        "prompt; InfoNCE's fixed side (the text-only representations of the same users and items) is encoded once and "
        "cached. The checkpoint lives in `exp.out`: running the cell again resumes (or reuses) it.\n\n"
        "What the curves should do: **BPR** (the ranking loss, `-log sigmoid` of the positive's score minus a "
-       "negative's, averaged over in-batch and cached negatives) starts at the zero-shot towers' value, the gate being "
+       "negative's, averaged over in-batch negatives and uniformly drawn items encoded fresh at every step) starts at the zero-shot towers' value, the gate being "
        "closed, and should fall as the soft prompts learn to rank. "
        "**InfoNCE** (per layer, the ID part of the soft prompt against the text-only representation, mean over layers "
        "and towers) starts near `log B` for a batch of `B` (a soft prompt that tells nobody apart scores exactly "

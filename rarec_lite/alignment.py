@@ -82,6 +82,9 @@ class RAAlignment(nn.Module):
         gate_init: initial attention-logit bias of the prefix slots, one learnable scalar per
             tower (``None``: no gate, the prefix is fully visible from step 0). See the module
             docstring.
+        tie_init: both towers start from the same random draw (the same contextual instruction
+            and the same reparameterization per layer; they train apart). See "Tied start" in the
+            module docstring.
 
     Trainable parameters (both towers; formula of :meth:`expected_num_params`):
     ``2 * ( use_instruction * L * n_instr * H + use_id * L' * (d + 1) * n_id * H )`` with
@@ -100,7 +103,7 @@ class RAAlignment(nn.Module):
     def __init__(self, info: Any, id_dim: int, num_id_tokens: int = 1, num_instruction_tokens: int = 4,
                  layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
                  init_scale: float | Sequence[float] = 1.0, seed: int | None = 0,
-                 gate_init: float | None = -20.0):
+                 gate_init: float | None = -20.0, tie_init: bool = True):
         super().__init__()
         if not (use_id or use_instruction):
             raise ValueError("use_id and use_instruction are both False: nothing to train "
@@ -134,10 +137,14 @@ class RAAlignment(nn.Module):
                 self.gate[tower] = nn.Parameter(torch.tensor(0.0))
 
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.tie_init = bool(tie_init)
         # contextual instruction: per tower, a (L, n_instr, H) tensor, row l for layer l
         self.instruction = nn.ParameterDict()
         if use_instruction:
             for tower in TOWERS:
+                if tie_init and tower != TOWERS[0]:  # the same start as the user tower (see the class docstring)
+                    self.instruction[tower] = nn.Parameter(self.instruction[TOWERS[0]].detach().clone())
+                    continue
                 c = torch.randn(L, num_instruction_tokens, H, generator=gen)
                 c *= torch.tensor(scales)[:, None, None]
                 self.instruction[tower] = nn.Parameter(c)
@@ -151,7 +158,10 @@ class RAAlignment(nn.Module):
                     lin = nn.Linear(id_dim, num_id_tokens * H)
                     scale = scales[m] if layer_specific else sum(scales) / L
                     with torch.no_grad():
-                        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * scale / math.sqrt(id_dim))
+                        if tie_init and tower != TOWERS[0]:
+                            lin.weight.copy_(self.reparam[TOWERS[0]][m].weight)
+                        else:
+                            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * scale / math.sqrt(id_dim))
                         lin.bias.zero_()
                     maps.append(lin)
                 self.reparam[tower] = maps
@@ -427,7 +437,9 @@ class TwoTower(nn.Module):
             extra_items: (N, H) raw item-tower states of extra negatives, ``extra_ids`` (N,) their ids.
 
         Returns:
-            ``{"bpr", "infonce", "total"}`` scalar tensors (nats); ``bpr`` is the ranking loss.
+            ``{"bpr", "infonce", "total"}`` scalar tensors (nats; ``bpr`` is the ranking loss) and
+            ``"user_states"``, ``"item_states"``: the raw pooled states (B, H), detached (the trainer's
+            moving-average statistics follow them).
         """
         from rarec_lite.losses import alignment_loss
 
@@ -451,10 +463,12 @@ class TwoTower(nn.Module):
             t_u = [z_text(x, "user", l) for l, x in enumerate(text_u.unbind(1))]
             t_v = [z_text(x, "item", l) for l, x in enumerate(text_v.unbind(1))]
         negatives = self.standardize(extra_items, "item") if extra_items is not None else None
-        return alignment_loss(self.standardize(u, "user"), self.standardize(v, "item"), d_u, t_u, d_v, t_v,
-                              lam, temperature, item_ids=item_ids, score_scale=score_scale, user_ids=user_ids,
-                              extra_items=negatives, extra_ids=extra_ids if negatives is not None else None,
-                              rank_loss=rank_loss)
+        out = alignment_loss(self.standardize(u, "user"), self.standardize(v, "item"), d_u, t_u, d_v, t_v,
+                             lam, temperature, item_ids=item_ids, score_scale=score_scale, user_ids=user_ids,
+                             extra_items=negatives, extra_ids=extra_ids if negatives is not None else None,
+                             rank_loss=rank_loss)
+        out["user_states"], out["item_states"] = u.detach(), v.detach()
+        return out
 
     # -- tokenising ------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

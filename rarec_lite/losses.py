@@ -113,9 +113,10 @@ def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | No
         scale: ``c > 0`` in ``s_ij = c * <user_i, item_j>``. A positive constant changes no
             ranking, only how soon the sigmoid saturates: LLM hidden states have norms in the
             tens, so raw dot products differ by hundreds and BPR sits in its linear tail;
-            ``c = 1/sqrt(H)`` (as in scaled dot-product attention) keeps it in its useful range.
+            for standardised states (``<z, z> ~ H``) the trainer uses ``c = 1/H``
+            (:class:`rarec_lite.train.TrainConfig` ``score_scale``).
         extra_items: optional (N, H) more negatives, e.g. item-tower states of uniformly sampled
-            catalogue items cached without gradient (:mod:`rarec_lite.train`); the user tower
+            catalogue items encoded without gradient (:mod:`rarec_lite.train`); the user tower
             learns from all of them.
         extra_ids: (N,) their ids (an extra equal to row ``i``'s target is not its negative).
 

@@ -63,8 +63,8 @@ def _train_defaults() -> dict:
            "num_buckets": 4}
     shared = {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
               "lambda_infonce": t.lam, "temperature": t.temperature, "checkpoint_every": t.checkpoint_every,
-              "rank_loss": t.rank_loss, "negatives": t.negatives, "refresh_every": t.refresh_every,
-              "restandardize": t.restandardize, "stats_users": t.stats_users, "warmup": t.warmup,
+              "rank_loss": t.rank_loss, "negatives": t.negatives, "score_scale": 0.0,
+              "restandardize": t.restandardize, "stats_momentum": t.stats_momentum, "warmup": t.warmup,
               "schedule": t.schedule, "gate_lr_scale": t.gate_lr_scale, "gate_warmup": t.gate_warmup}
     return {**own, **shared}
 
@@ -77,7 +77,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
             "standardize": False},
-    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0},
+    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0, "tie_init": True},
     "train": _train_defaults(),  # the training loop's defaults live in one place: rarec_lite.train.TrainConfig
     "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
                         "rarec"]},
@@ -173,7 +173,7 @@ CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("n
            ("train", "samples_from", ("valid", "train"))]
 """Config values checked when the config is read (not hours later, when a stage first uses them)."""
 MINIMA = [("train", "batch_size", 2), ("train", "steps", 1), ("train", "samples", 2), ("train", "negatives", 0),
-          ("train", "refresh_every", 1), ("eval", "num_users", 1), ("llm", "batch_size", 1),
+          ("train", "score_scale", 0.0), ("eval", "num_users", 1), ("llm", "batch_size", 1),
           ("llm", "user_max_tokens", 1), ("llm", "item_max_tokens", 1), ("sasrec", "epochs", 1)]
 
 
@@ -556,7 +556,8 @@ class Experiment:
                                     num_id_tokens=int(a["num_id_tokens"]),
                                     num_instruction_tokens=int(a["num_instruction_tokens"]),
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
-                                    use_id=method.use_id, seed=self.seed, gate_init=float(a["gate_init"]))
+                                    use_id=method.use_id, seed=self.seed, gate_init=float(a["gate_init"]),
+                                    tie_init=bool(a["tie_init"]))
         tower = TwoTower(self.backbone, alignment, self.pooling)
         self._standardize(tower, method)
         return tower
@@ -572,8 +573,8 @@ class Experiment:
                            seed=self.seed, max_user_tokens=int(llm["user_max_tokens"]),
                            max_item_tokens=int(llm["item_max_tokens"]), checkpoint_every=int(t["checkpoint_every"]),
                            rank_loss=t["rank_loss"], negatives=int(t["negatives"]),
-                           refresh_every=int(t["refresh_every"]), restandardize=bool(t["restandardize"]),
-                           stats_users=int(t["stats_users"]), warmup=float(t["warmup"]), schedule=t["schedule"],
+                           score_scale=float(t["score_scale"]) or None, restandardize=bool(t["restandardize"]),
+                           stats_momentum=float(t["stats_momentum"]), warmup=float(t["warmup"]), schedule=t["schedule"],
                            gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]))
 
     def train(self, tower, method: Method, progress: bool | None = None):
@@ -591,7 +592,7 @@ class Experiment:
         user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
             if method.use_id else None
         _log(f"{method.name}: training {tower.alignment.num_trainable():,} parameters on {len(samples):,} samples "
-             f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} cached negatives, {tcfg.rank_loss})")
+             f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} fresh negatives per step, {tcfg.rank_loss})")
         result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts), user_fn,
                                  item_id_emb, cache, tcfg, self.out / "train" / method.name,
                                  progress=self.progress if progress is None else progress)

@@ -51,6 +51,26 @@ def test_closed_form_hand_values():
     assert RAAlignment(INFO, 5, gate_init=None).num_trainable() == 2 * (96 + 144)
 
 
+@pytest.mark.parametrize("layer_specific", [True, False])
+def test_tied_start_same_draw_for_both_towers_then_apart(layer_specific):
+    # tie_init: both towers start from one random draw, so the ID parts of a user and an item state
+    # start as the same random map of the SASRec space (their dot product tracks SASRec's score)
+    tied = RAAlignment(INFO, id_dim=5, layer_specific=layer_specific, tie_init=True, seed=3)
+    apart = RAAlignment(INFO, id_dim=5, layer_specific=layer_specific, tie_init=False, seed=3)
+    e = torch.randn(4, 5)
+    for u, i in zip(tied.prefixes("user", e), tied.prefixes("item", e)):
+        assert torch.equal(u, i)
+    assert not torch.equal(apart.prefixes("user", e)[0], apart.prefixes("item", e)[0])
+    # the user tower's instruction is drawn first, the same either way; the copies are separate parameters
+    assert torch.equal(tied.instruction["user"], apart.instruction["user"])
+    assert tied.reparam["user"][0].weight is not tied.reparam["item"][0].weight
+    with torch.no_grad():
+        tied.reparam["item"][0].weight.add_(1.0)
+        tied.instruction["item"].add_(1.0)
+    assert not torch.equal(tied.reparam["user"][0].weight, tied.reparam["item"][0].weight)
+    assert not torch.equal(tied.instruction["user"], tied.instruction["item"])
+
+
 def test_prefixes_instruction_first_then_reparameterized_id():
     al = RAAlignment(INFO, id_dim=5, num_id_tokens=2, num_instruction_tokens=3)
     e = torch.randn(4, 5)
@@ -61,8 +81,9 @@ def test_prefixes_instruction_first_then_reparameterized_id():
         lin = al.reparam["item"][layer]
         expected = (e @ lin.weight.T + lin.bias).view(4, 2, 8)  # independent of nn.Linear's call
         torch.testing.assert_close(p[:, 3:], expected)
-    # towers are separate parameters
-    assert not torch.equal(al.prefixes("user", e)[0], pre[0])
+    # towers are separate parameters (a tied start makes them equal until they train)
+    assert torch.equal(al.prefixes("user", e)[0], pre[0])
+    assert al.instruction["user"] is not al.instruction["item"]
 
 
 def test_variants_and_errors():
