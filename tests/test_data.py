@@ -228,13 +228,20 @@ def test_k_core_matches_reference_on_random_data():
             assert got.user.value_counts().min() >= k and got.item.value_counts().min() >= k
 
 
-def test_sort_chronologically_breaks_ties_by_file_order():
-    df = pd.DataFrame({"user": ["b", "a", "a", "a", "a"], "item": ["p", "q", "r", "s", "t"],
+def test_sort_chronologically_breaks_ties_by_item_id_not_file_order():
+    df = pd.DataFrame({"user": ["b", "a", "a", "a", "a"], "item": ["p", "q", "s", "r", "t"],
                        "timestamp": [1, 7, 3, 3, 1], "order": [0, 1, 2, 3, 4]})
     out = data.sort_chronologically(df)
-    assert out["item"].tolist() == ["t", "r", "s", "q", "p"]
-    swapped = df.assign(order=[0, 1, 3, 2, 4])  # r and s swap file positions -> swap in output
-    assert data.sort_chronologically(swapped)["item"].tolist() == ["t", "s", "r", "q", "p"]
+    assert out["item"].tolist() == ["t", "r", "s", "q", "p"]  # same day: r before s, whatever the file says
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # any row order, any 'order' column: the same result
+        shuffled = df.sample(frac=1.0, random_state=int(rng.integers(1 << 30))).reset_index(drop=True)
+        shuffled["order"] = np.arange(len(shuffled))
+        assert data.sort_chronologically(shuffled)["item"].tolist() == ["t", "r", "s", "q", "p"]
+    # the case: rows (C, 100), (A, 200), (B, 100) give [B, C, A]
+    case = pd.DataFrame({"user": ["u"] * 3, "item": ["C", "A", "B"], "timestamp": [100, 200, 100], "order": [0, 1, 2]})
+    assert data.sort_chronologically(case)["item"].tolist() == ["B", "C", "A"]
+    assert data.sort_chronologically(case.iloc[::-1])["item"].tolist() == ["B", "C", "A"]
 
 
 def test_leave_one_out_hand_case():
@@ -276,7 +283,8 @@ def test_item_text_coverage_counts():
     )
     assert texts == ["T", "B — Men", "Men", "B", "item e"]
     assert cov == {"items": 5, "title": 1, "brand": 3, "categories": 3,
-                   "text_from": {"title": 1, "brand+categories": 1, "categories": 1, "brand": 1, "fallback": 1}}
+                   "text_from": {"title": 1, "brand+categories": 1, "categories": 1, "brand": 1, "fallback": 1},
+                   "distinct_texts": 5, "items_sharing_text": 0, "largest_text_group": 1}
 
 
 def test_gini_and_top_share_hand_values():
@@ -348,7 +356,7 @@ def test_failure_mid_prepare_leaves_nothing_half_written(raw2014, tmp_path, monk
         interactions.to_parquet(directory / "interactions.parquet")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(data, "_write_tables", broken)
+    monkeypatch.setattr(data.prepared, "_write_tables", broken)
     with pytest.raises(OSError, match="simulated"):
         data.prepare("cloth", raw_dir=raw2014, out_dir=out, k=4)
     assert not out.exists()
@@ -356,7 +364,7 @@ def test_failure_mid_prepare_leaves_nothing_half_written(raw2014, tmp_path, monk
     monkeypatch.undo()
     data.prepare("cloth", raw_dir=raw2014, out_dir=out, k=4)
     before = (out / "stats.json").read_text()
-    monkeypatch.setattr(data, "_write_tables", broken)
+    monkeypatch.setattr(data.prepared, "_write_tables", broken)
     with pytest.raises(OSError):
         data.prepare("cloth", raw_dir=raw2014, out_dir=out, k=4, force=True)
     assert (out / "stats.json").read_text() == before  # the old dataset is untouched
