@@ -21,12 +21,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         args.dataset, raw_dir=args.raw_dir, out_dir=args.out, force=args.force, skip_bad_lines=args.skip_bad_lines
     )
     seconds = time.perf_counter() - start
-    out = args.out or paths.processed_dir(args.dataset)
+    out = args.out or paths.processed_dir(stats["dataset"])
     seq, pop, cov = stats["sequence_length"], stats["item_popularity"], stats["text_coverage"]
     pct = lambda n: f"{n:,} ({100.0 * n / max(cov['items'], 1):.1f}%)"  # noqa: E731
     action = "reused the cache (inputs unchanged)" if stats.get("cache") == "reused" else "built"
     lines = [
-        f"{stats['dataset']}: {action} in {seconds:.1f} s -> {out}",
+        f"{stats['dataset']} ({data.label(stats['dataset'])}): {action} in {seconds:.1f} s -> {out}",
         f"  source        {stats['source_format']} in {stats['source_dir']}",
         f"  users         {stats['users']:,}",
         f"  items         {stats['items']:,}",
@@ -38,6 +38,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         f"  item text     title {pct(cov['title'])}  brand {pct(cov['brand'])}  categories {pct(cov['categories'])}",
         "  text from     " + "  ".join(f"{k} {v:,}" for k, v in cov["text_from"].items()),
     ]
+    if "distinct_texts" in cov:
+        lines.append(f"  shared text   distinct texts {cov['distinct_texts']:,} of {cov['items']:,} items; "
+                     f"{pct(cov['items_sharing_text'])} share their text with another item "
+                     f"(largest group {cov['largest_text_group']:,})")
     skipped = {k: v for k, v in stats.get("bad_lines_skipped", {}).items() if v}
     if skipped:
         lines.append("  bad lines     skipped " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -73,7 +77,7 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rarec_lite.baselines import MostPop
-    from rarec_lite.data import load_dataset
+    from rarec_lite.data import label, load_dataset
     from rarec_lite.metrics import evaluate, format_metrics
     from rarec_lite.sasrec import SASRecConfig, cached_sasrec_run, train_sasrec
 
@@ -88,7 +92,7 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
     pop = MostPop().fit(split.train, dataset.num_items)
     pop_test = evaluate(pop.score, split.test_history, split.test_target, dataset.num_items)
     m = run.metrics
-    print(f"\n{args.dataset}: {dataset.num_users} users, {dataset.num_items} items; "
+    print(f"\n{dataset.name} ({label(dataset.name)}): {dataset.num_users} users, {dataset.num_items} items; "
           f"{m['epochs']} epochs (best {m['best_epoch']}), {m['train_seconds']:.0f} s of training"
           + (" (reused)" if run.reused else ""))
     print("validation NDCG@10 by epoch: " + "  ".join(f"{h['epoch']}:{h['valid_ndcg10']:.4f}" for h in m["history"]))
@@ -105,9 +109,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from rarec_lite.pipeline import run_pipeline
 
     add = [m.strip() for m in args.add_methods.split(",") if m.strip()] if args.add_methods is not None else None
-    result = run_pipeline(args.config, out=args.out, add_methods=add)
-    print(f"metrics: {args.out}/results/{result['config']}/metrics.json")
+    result = run_pipeline(args.config, out=args.out, add_methods=add, dataset=args.dataset)
+    print(f"metrics: {result['results_dir']}/metrics.json")
     return 0
+
+
+DATASET_HELP = ("a category of the 2014/2018/2023 Amazon releases: a short alias (cloth, beauty, sports, toys, "
+                "scientific, instruments, book, ...) or the release's own name (Industrial_and_Scientific); "
+                "list: rarec_lite/data/categories.tsv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="read raw Amazon files and write a processed, leave-one-out dataset")
-    p.add_argument("--dataset", default="cloth", choices=["cloth", "book"])
+    p.add_argument("--dataset", default="cloth", help=DATASET_HELP + " (default: cloth)")
     p.add_argument("--raw-dir", default=None, help="raw files or a mirror (default: $RAREC_MIRROR, then the download dir)")
-    p.add_argument("--out", default=None, help="output dir (default: $RAREC_HOME/processed/DATASET)")
+    p.add_argument("--out", default=None, help="output dir (default: $RAREC_HOME/processed/<dataset key>)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache matches the inputs")
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
     p.set_defaults(func=_cmd_prepare)
@@ -130,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train SASRec on split.train (s[:-2]), early-stop on the validation items "
                                    "(s[-2]), test on s[-1], full ranking over all items with the history masked. "
                                    "The defaults are rarec_lite.sasrec.SASRecConfig, the best measured on Clothing.")
-    p.add_argument("--dataset", default="cloth", choices=["cloth", "book"])
+    p.add_argument("--dataset", default="cloth", help=DATASET_HELP)
     p.add_argument("--out", default=None,
                    help="run dir (default: the shared cache $RAREC_HOME/runs/sasrec-DATASET-<data hash>-<config hash>)")
     from dataclasses import fields
@@ -145,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="prepare, SASRec, every paradigm and the evaluation, resumable")
     p.add_argument("--config", default="cpu-quick", help="a name in configs/ (e.g. cpu-quick) or a path to a .toml")
-    p.add_argument("--out", default=".", help="results go to OUT/results/<config name>/")
+    p.add_argument("--out", default=".", help="results go to OUT/results/<config name>/ "
+                                              "(OUT/results/<config name>-<dataset>/ with --dataset)")
+    p.add_argument("--dataset", default=None,
+                   help=DATASET_HELP + ". Default: the config's [data] dataset. The config keeps its sizes; its "
+                        "[budgets.<dataset>] token budgets apply when it has them")
     p.add_argument("--add-methods", default=None, metavar="M1,M2",
                    help="comma-separated methods to run after the config's own (finished ones are reused), "
                         "e.g. the RA-Rec ablations on a finished run")

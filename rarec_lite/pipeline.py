@@ -70,7 +70,7 @@ def _train_defaults() -> dict:
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"dataset": "cloth", "max_users": 0, "synthetic_fallback": False},
+    "data": {"dataset": "cloth", "max_users": 0, "synthetic_fallback": False, "raw_dir": ""},
     "sasrec": _sasrec_defaults(),  # SASRec's defaults live in one place: rarec_lite.sasrec.SASRecConfig
     "eval": {"num_users": 1000, "ks": [10, 20, 50, 100], "bootstrap_resamples": 1000, "batch_size": 256,
              "step0": True, "stats_users": 512},
@@ -82,7 +82,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
                         "rarec"]},
 }
-TOP_LEVEL = {"name", "description", "seed"}
+TOP_LEVEL = {"name", "description", "seed", "budgets"}
+BUDGET_KEYS = ("user_max_tokens", "item_max_tokens")
+"""``[budgets.<dataset key>]`` may set these: the ``[llm]`` token budgets for that dataset (item titles need
+more tokens than Clothing's breadcrumbs; README, "Token budgets")."""
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -138,7 +141,8 @@ def load_config(name_or_path: str | Path | dict) -> dict:
             raise ValueError(f"{path}: malformed TOML ({exc})") from exc
         raw.setdefault("name", path.stem)
     cfg: dict[str, Any] = {"name": raw.pop("name", "custom"), "description": raw.pop("description", ""),
-                           "seed": raw.pop("seed", 0)}
+                           "seed": raw.pop("seed", 0), "budgets": raw.pop("budgets", {})}
+    _check_budgets(source, cfg["budgets"])
     for key, default in (("name", ""), ("description", ""), ("seed", 0)):
         _check_type(source, "top level", key, cfg[key], default)
     for section, defaults in DEFAULTS.items():
@@ -165,7 +169,54 @@ def load_config(name_or_path: str | Path | dict) -> dict:
     for section, key, low in MINIMA:
         if cfg[section][key] < low:
             raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be >= {low}")
+    from rarec_lite.data import dataset_key
+
+    try:
+        cfg["data"]["dataset"] = dataset_key(cfg["data"]["dataset"])
+    except ValueError as exc:
+        raise ValueError(f"{source}: [data] dataset: {exc}") from exc
     return cfg
+
+
+def _check_budgets(source: str, budgets: Any) -> None:
+    """``[budgets.<dataset key>]`` tables of positive ``user_max_tokens`` / ``item_max_tokens``."""
+    if not isinstance(budgets, dict):
+        raise ValueError(f"{source}: [budgets] must be a table of [budgets.<dataset>] tables")
+    for name, table in budgets.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{source}: [budgets.{name}] must be a table (keys: {', '.join(BUDGET_KEYS)})")
+        unknown = set(table) - set(BUDGET_KEYS)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) in [budgets.{name}]: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(BUDGET_KEYS)})")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{source}: [budgets.{name}] {key} = {value!r} must be a positive integer")
+
+
+def for_dataset(cfg: dict, dataset: str | None) -> dict:
+    """``cfg`` run on ``dataset`` (``--dataset``): ``[data] dataset`` set to its key and the
+    ``[llm]`` budgets taken from ``[budgets.<key>]`` when the config has one. Every other size is
+    the config's. ``dataset=None`` keeps the config's own dataset (its budgets apply too).
+
+    Raises:
+        ValueError: an unknown dataset name (with the closest names).
+    """
+    from rarec_lite.data import dataset_key
+
+    cfg = copy.deepcopy(cfg)
+    if dataset is not None:
+        cfg["data"]["dataset"] = dataset_key(dataset)
+    cfg["llm"].update(cfg.get("budgets", {}).get(cfg["data"]["dataset"], {}))
+    return cfg
+
+
+def results_dir(cfg: dict, out: str | Path, default_dataset: str | None = None) -> Path:
+    """``OUT/results/<config name>`` for the config's own dataset, ``OUT/results/<config name>-<key>``
+    for another one (so runs of one config on several datasets live side by side)."""
+    own = default_dataset if default_dataset is not None else cfg["data"]["dataset"]
+    suffix = "" if cfg["data"]["dataset"] == own else f"-{cfg['data']['dataset']}"
+    return Path(out) / "results" / f"{cfg['name']}{suffix}"
 
 
 CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
@@ -272,7 +323,8 @@ class Experiment:
         d = self.cfg["data"]
         max_users = d["max_users"] or None
         try:
-            self.dataset = load_dataset(d["dataset"], max_users=max_users, seed=self.seed)
+            self.dataset = load_dataset(d["dataset"], raw_dir=d["raw_dir"] or None, max_users=max_users,
+                                        seed=self.seed)
         except FileNotFoundError as exc:
             if not d["synthetic_fallback"]:
                 raise
@@ -280,8 +332,16 @@ class Experiment:
             self.dataset = synthetic_dataset(num_users=max_users or 300, num_items=150, seed=self.seed)
         self.split = self.dataset.split()
         ds = self.dataset
-        _log(f"data: {ds.name}: {ds.num_users:,} users, {ds.num_items:,} items, "
+        from rarec_lite.data import label
+
+        _log(f"data: {ds.name} ({label(ds.name)}): {ds.num_users:,} users, {ds.num_items:,} items, "
              f"{sum(len(s) for s in ds.sequences):,} interactions")
+        ev, t = self.cfg["eval"], self.cfg["train"]
+        if int(ev["num_users"]) >= ds.num_users:
+            _log(f"data: [eval] num_users = {ev['num_users']:,} >= the {ds.num_users:,} users: every user is evaluated")
+        if int(t["negatives"]) >= ds.num_items:
+            raise ValueError(f"[train] negatives = {t['negatives']} must be below the {ds.num_items:,} items of "
+                             f"{ds.name}; lower it in the config")
 
         # the evaluation users: a fixed sample of test users (all of them when fewer)
         self.eval_users = sample_users(ds.num_users, int(self.cfg["eval"]["num_users"]), self.seed)
@@ -518,6 +578,7 @@ class Experiment:
             "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
             "prompt_tokens_needed": float(np.mean([p.tokens_needed for p in eval_prompts])),
             "truncated_share": float(np.mean([p.truncated for p in eval_prompts])),
+            "budget": self.budget_report(method, eval_prompts),
         }
         tower = self.build_tower(method)
         if method.kind == "zero-shot":
@@ -537,6 +598,46 @@ class Experiment:
         facts["ranks"], facts["tied"] = self.evaluate_tower(tower, method)
         facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
         return facts
+
+    def budget_report(self, method: Method, eval_prompts: list) -> dict:
+        """What ``[llm] user_max_tokens`` did to ``method``'s evaluation prompts (history items kept
+        whole, :func:`rarec_lite.prompts.budget_report`) and ``item_max_tokens`` to the item prompts;
+        logged, with a warning when most prompts lose items or most item texts are cut."""
+        from rarec_lite import prompts
+
+        llm = self.cfg["llm"]
+        k = int(llm["history_items"])
+        wanted = [min(k, len(h)) if method.prompts == "hybrid" else len(h) for h in self.eval_histories]
+        users = prompts.budget_report(eval_prompts, wanted)
+        items = self.item_budget_report() if method.prompts != "id_direct" else None
+        what = {"hybrid": f"its {k} most recent items", "translation": "the whole history",
+                "id_direct": "every item id"}[method.prompts]
+        _log(f"{method.name}: user prompts need {users['tokens_needed']:.0f} tokens on average (budget "
+             f"{llm['user_max_tokens']}); {users['items_kept']:.1f} of {users['items_wanted']:.1f} wanted history items "
+             f"kept; {users['lost_item_share']:.0%} of the prompts lost some of {what}")
+        limit = 0.05 if method.prompts == "hybrid" else 0.5
+        if users["lost_item_share"] > limit:
+            _log(f"WARNING: {method.name}: {users['lost_item_share']:.0%} of the user prompts lost history items to "
+                 f"[llm] user_max_tokens = {llm['user_max_tokens']} (they need {users['tokens_needed']:.0f} on "
+                 f"average); raise it (or set [budgets.{self.dataset.name}]) if that is not intended")
+        return {"users": users, "items": items}
+
+    def item_budget_report(self) -> dict:
+        """:func:`rarec_lite.prompts.budget_report` of the catalogue's item prompts under ``[llm] item_max_tokens``
+        (computed once; a warning when more than half the item texts are cut)."""
+        if not hasattr(self, "_item_budget"):
+            from rarec_lite import prompts
+
+            budget, tok = int(self.cfg["llm"]["item_max_tokens"]), self.backbone.tokenizer
+            rep = prompts.budget_report([prompts.item_text_prompt(t, tok, budget) for t in self.dataset.item_text])
+            _log(f"item prompts need {rep['tokens_needed']:.1f} tokens on average (budget {budget}): "
+                 f"{rep['over_budget_share']:.1%} of the item texts are cut, keeping "
+                 f"{rep['words_kept_share']:.0%} of their words")
+            if rep["over_budget_share"] > 0.5:
+                _log(f"WARNING: most item texts are cut by [llm] item_max_tokens = {budget}; raise it (or set "
+                     f"[budgets.{self.dataset.name}]) if that is not intended")
+            self._item_budget = rep
+        return self._item_budget
 
     # -- the steps of an LLM method (the pipeline and notebook 06 call the same ones) -------------
     def eval_prompts(self, method: Method) -> list:
@@ -666,7 +767,7 @@ def _metrics_entry(method: Method, facts: dict, ks) -> dict:
 
 
 def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".", progress: bool = True,
-                 add_methods: list[str] | None = None) -> dict:
+                 add_methods: list[str] | None = None, dataset: str | None = None) -> dict:
     """Run (or resume) every stage of a config; return the ``metrics.json`` content.
 
     Args:
@@ -676,6 +777,9 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         add_methods: methods (names of :data:`METHODS`) to run after the config's ``[methods] run``;
             finished ones are reused. Every method is its own stage, so a later call may add
             methods (e.g. the ablations) to a finished run; the report then lists them all.
+        dataset: run the config on this dataset instead of its ``[data] dataset`` (any name of
+            :func:`rarec_lite.data.catalog.resolve`); results then go to ``out/results/<config name>-<key>/``
+            and the config's ``[budgets.<key>]`` token budgets apply (:func:`for_dataset`).
 
     Writes (atomically) ``metrics.json``, ``report.md``, ``ranks.npz`` (per-user ranks of every
     method, for paired tests), ``figures/*.png``, ``methods/<name>.json`` (one per finished
@@ -686,15 +790,21 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         ValueError: a malformed config (names the file and key).
     """
     cfg = load_config(config)
+    own_dataset = cfg["data"]["dataset"]
+    cfg = for_dataset(cfg, dataset)
     if add_methods is not None:
         bad = [m for m in add_methods if m not in METHODS]
         if bad or not add_methods:
             raise ValueError(f"unknown or no method(s) to add: {bad or add_methods} (known: {', '.join(METHODS)})")
         cfg["methods"]["run"] = list(dict.fromkeys([*cfg["methods"]["run"], *add_methods]))
-    out_dir = Path(out) / "results" / cfg["name"]
+    out_dir = results_dir(cfg, out, own_dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures_ok = _matplotlib_available()
+    if not figures_ok:
+        _log("matplotlib is not installed (it comes with `pip install rarec-lite[course]`): the run goes on, "
+             "figures are skipped, report.md is written without them")
     previous = out_dir / "config.json"
-    if previous.exists() and _signature(read_json(previous)) != _signature(cfg):
+    if previous.exists() and _signature(read_json(previous)) != _signature(cfg) and _has_stages(out_dir):
         old, new = json.loads(_signature(read_json(previous))), json.loads(_signature(cfg))
         flat = lambda c: {f"[{k}] {kk}" if isinstance(v, dict) else k: vv  # noqa: E731
                           for k, v in c.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
@@ -744,6 +854,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         "ties": "expected",
         "dataset": {"name": run.dataset.name, "users": run.dataset.num_users, "items": run.dataset.num_items,
                     "eval_users": int(len(run.eval_users))},
+        "token_budgets": {k: cfg["llm"][k] for k in BUDGET_KEYS},
         "backbone": _backbone_facts(run), "methods": entries,
         "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"])},
         "calls": _record_call(out_dir, time.time() - started),
@@ -755,16 +866,34 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     np.savez_compressed(with_ranks.with_suffix(".tmp.npz"), users=run.eval_users, **ranks,
                         **{f"{n}_tied": t for n, t in tied.items()})
     with_ranks.with_suffix(".tmp.npz").replace(with_ranks)
-    figures = _figures(out_dir / "figures", entries, losses)
+    figures = _figures(out_dir / "figures", entries, losses, run.dataset.name) if figures_ok else []
     atomic_write_text(out_dir / "report.md", format_report(result, figures))
     _log(f"done in {time.time() - started:.0f} s; report: {out_dir / 'report.md'}")
-    return result
+    return {**result, "results_dir": str(out_dir)}
+
+
+def _matplotlib_available() -> bool:
+    """Whether the figures can be drawn (matplotlib is in the ``course`` extra, not a core dependency)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _has_stages(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds anything a resumed run would reuse (finished methods, caches,
+    training checkpoints): only then does a different config clash with it. A run that failed
+    before any stage finished leaves nothing to protect, so its corrected retry just goes on."""
+    return any((out_dir / sub).is_dir() and any((out_dir / sub).iterdir()) for sub in ("methods", "cache", "train"))
 
 
 def _signature(cfg: dict) -> str:
     """What must match to resume a run: the whole config but the list of methods (each method
-    is a stage of its own) and the free-text description."""
-    return json.dumps({k: v for k, v in cfg.items() if k not in ("methods", "description")}, sort_keys=True)
+    is a stage of its own), the free-text description and ``[budgets]`` (the budgets in force are
+    in ``[llm]``). An empty ``[data] raw_dir`` is left out, so runs from before that key resume."""
+    sig = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in ("methods", "description", "budgets")}
+    if isinstance(sig.get("data"), dict) and not sig["data"].get("raw_dir"):
+        sig["data"].pop("raw_dir", None)
+    return json.dumps(sig, sort_keys=True)
 
 
 def _record_call(out_dir: Path, seconds: float) -> list[dict]:
@@ -795,7 +924,7 @@ def _check_same_data(out_dir: Path, dataset) -> None:
     first, the real mirror later): every reused stage would silently belong to the old data."""
     path = out_dir / "data.json"
     current = data_signature(dataset)
-    if path.exists():
+    if path.exists() and _has_stages(out_dir):
         before = read_json(path)
         if before != current:
             raise ValueError(f"{out_dir} holds results computed on other data ({before['name']}: "
@@ -849,16 +978,20 @@ def _add_confidence_intervals(entries: dict, ranks: dict, tied: dict, cfg: dict)
                                                          "ci_high": cmp.ci_high, "p_value": cmp.p_value}
 
 
-def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
-    """Metric bars with 95% bootstrap CIs, and the training curves. Returns the paths written."""
+def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "") -> list[str]:
+    """Metric bars with 95% bootstrap CIs, and the training curves, titled with the dataset.
+    Returns the paths written."""
     import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
     from rarec_lite import plots
+    from rarec_lite.data import label
 
     written = []
     table = {e["label"]: {m: (e[m], *e[f"ci95_{m}"]) for m in ("NDCG@10", "HR@100") if f"ci95_{m}" in e}
              for e in entries.values()}
     ax = plots.metric_bars(table, metrics=("NDCG@10", "HR@100"))
+    if dataset:
+        ax.set_title(f"Test metrics with 95% CI: {label(dataset)}")
     plots.save(ax, fig_dir / "metrics.png")
     plt.close(ax.figure)
     written.append("figures/metrics.png")
@@ -869,7 +1002,7 @@ def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
             if any(v for v in curve["infonce"]):
                 curves["InfoNCE (mean over layers)"] = curve["infonce"]
             plots.training_curves(curves, ax=ax, smooth=max(1, len(curve["bpr"]) // 25))
-            ax.set_title(METHODS[name].label, fontsize=9)
+            ax.set_title(f"{METHODS[name].label} ({label(dataset)})" if dataset else METHODS[name].label, fontsize=9)
         plots.save(axes[0][0], fig_dir / "training.png")
         plt.close(fig)
         written.append("figures/training.png")
@@ -878,10 +1011,12 @@ def _figures(fig_dir: Path, entries: dict, losses: dict) -> list[str]:
 
 def format_report(result: dict, figures: list[str] = ()) -> str:
     """The Markdown report: the comparison table, efficiency, CIs against SASRec."""
+    from rarec_lite.data import label
+
     ds, bb = result["dataset"], result.get("backbone") or {}
-    lines = [f"# Results: {result['config']}", "", result["description"], "",
-             f"Data: {ds.get('name', '?')}" + (" (the synthetic toy dataset: its numbers mean nothing)" if ds.get("name") == "toy" else "")
-             + ".", "",
+    lines = [f"# Results: {result['config']} on {label(ds.get('name'))}", "", result["description"], "",
+             ("Data: toy (the synthetic toy dataset: its numbers mean nothing)." if ds.get("name") == "toy"
+              else f"Data: {label(ds.get('name'))} (`{ds.get('name', '?')}`)."), "",
              f"Protocol: {result['protocol']}; {ds['eval_users']:,} test users ranked against all "
              f"{ds['items']:,} items ({ds['users']:,} users in the data), their own history masked; ties: "
              + ("expected (exact expectation over a uniformly random order of the items tied with the target)."
@@ -938,6 +1073,21 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
             lines.append(f"- {e['label']}: HR@100 {s0['HR@100']:.4f} -> {e['HR@100']:.4f}, NDCG@10 "
                          f"{s0['NDCG@10']:.4f} -> {e['NDCG@10']:.4f} (step-0 item states within "
                          f"{s0['max_item_deviation']:.1e} of text-only; learned gate {gate or '–'})")
+    budgets = [(e, e["budget"]) for e in result["methods"].values() if e.get("budget")]
+    if budgets:
+        tb = result.get("token_budgets", {})
+        lines += ["", f"Token budgets ([llm] user_max_tokens = {tb.get('user_max_tokens', '?')}, item_max_tokens = "
+                  f"{tb.get('item_max_tokens', '?')}): what survives of the evaluation users' prompts.", ""]
+        items = next((b["items"] for _, b in budgets if b.get("items")), None)
+        if items:
+            lines.append(f"- item prompts: {items['tokens_needed']:.1f} tokens needed on average; "
+                         f"{items['over_budget_share']:.1%} of the {items['prompts']:,} item texts cut, keeping "
+                         f"{items['words_kept_share']:.0%} of their words")
+        for e, b in budgets:
+            u = b["users"]
+            lines.append(f"- {e['label']}: {u['tokens_needed']:.0f} tokens needed, {u['tokens_kept']:.0f} kept; "
+                         f"{u['items_kept']:.2f} of {u['items_wanted']:.2f} history items kept whole; "
+                         f"{u['lost_item_share']:.1%} of the prompts lost one or more")
     calls = result.get("calls", [])
     if calls:
         lines += ["", f"Wall time: {sum(c['wall_seconds'] for c in calls) / 60:.1f} min over {len(calls)} "

@@ -37,6 +37,7 @@ __all__ = [
     "item_text_prompt",
     "hybrid_user",
     "count_tokens",
+    "budget_report",
 ]
 
 # ---- the wording (module constants: the inspector shows them) -------------------------------
@@ -237,3 +238,41 @@ def item_text_prompt(text: str, tokenizer: Any = None, budget: int | None = None
             hi = mid - 1
     kept_text = render(words[:lo])
     return PromptResult(kept_text, needed, count_tokens(tokenizer, kept_text), True, lo, len(words))
+
+
+def budget_report(results: Sequence[PromptResult], wanted: Sequence[int] | None = None) -> dict:
+    """What a token budget did to a set of prompts (all built with the same budget).
+
+    Args:
+        results: the prompts (:class:`PromptResult` with token counts).
+        wanted: per prompt, how many history items it should hold whole (``min(k, len(history))``
+            for the hybrid prompt, the whole history for ID Translation); ``None`` for item prompts,
+            whose ``items_*`` count words.
+
+    Returns:
+        ``prompts``; ``tokens_needed`` and ``tokens_kept`` (means); ``over_budget_share``: the share
+        whose full prompt did not fit; with ``wanted``: ``items_wanted`` and ``items_kept`` (means)
+        and ``lost_item_share`` (share of prompts that lost at least one wanted item); without:
+        ``words_kept_share`` (mean share of the words kept, over the prompts that were cut).
+
+    Raises:
+        ValueError: prompts built without a tokenizer, or ``wanted`` of another length.
+    """
+    results = list(results)
+    if not results:
+        return {"prompts": 0}
+    if any(r.tokens_needed is None for r in results):
+        raise ValueError("budget_report needs prompts built with a tokenizer")
+    n = len(results)
+    over = [r for r in results if r.tokens_needed > r.tokens_kept]
+    out = {"prompts": n, "tokens_needed": sum(r.tokens_needed for r in results) / n,
+           "tokens_kept": sum(r.tokens_kept for r in results) / n, "over_budget_share": len(over) / n}
+    if wanted is not None:
+        wanted = list(wanted)
+        if len(wanted) != n:
+            raise ValueError(f"wanted has {len(wanted)} entries for {n} prompts")
+        out.update(items_wanted=sum(wanted) / n, items_kept=sum(r.items_kept for r in results) / n,
+                   lost_item_share=sum(r.items_kept < w for r, w in zip(results, wanted)) / n)
+    else:
+        out["words_kept_share"] = (sum(r.items_kept / max(r.items_total, 1) for r in over) / len(over)) if over else 1.0
+    return out

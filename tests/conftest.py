@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Clothing data when it exists, and an isolated RAREC_HOME."""
+"""Shared fixtures: the real Clothing and Scientific data when they exist, and an isolated RAREC_HOME."""
 
 from __future__ import annotations
 
@@ -27,6 +27,22 @@ def shared_cloth_dir() -> Path:
             f"real Amazon Clothing data not found at {SHARED_CLOTH} "
             "(set RAREC_TEST_CLOTH to a directory holding user_sequence.txt)"
         )
+    return path
+
+
+SHARED_SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon_scientific"
+
+
+@pytest.fixture(scope="session")
+def shared_scientific_dir() -> Path:
+    """Directory with the real Amazon 2018 Industrial & Scientific 5-core (LC-Rec layout:
+    Scientific.inter.json + Scientific.item.json): $RAREC_TEST_SCIENTIFIC, else
+    ../shared/data/amazon_scientific; skips if absent."""
+    env = os.environ.get("RAREC_TEST_SCIENTIFIC")
+    path = Path(env) if env else SHARED_SCIENTIFIC
+    if not (path / "Scientific.inter.json").exists():
+        pytest.skip(f"real Amazon Scientific data not found at {path} (set RAREC_TEST_SCIENTIFIC to a directory "
+                    "holding Scientific.inter.json + Scientific.item.json)")
     return path
 
 
