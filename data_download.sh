@@ -5,25 +5,37 @@
 #   2014 (default): 5-core reviews + category metadata, SNAP / McAuley "productGraph" files
 #   2018:           5-core reviews + metadata, UCSD amazon_v2 (nijianmo)
 #   2023:           full reviews + metadata, McAuley-Lab Amazon-Reviews-2023
-# Then: `rarec-lite prepare --dataset cloth` (it finds the files where this script puts them).
+# Category names and aliases: rarec_lite/data/categories.tsv (the package reads the same table).
+# Then: `rarec-lite prepare --dataset NAME` (it finds the files where this script puts them).
 set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+table="$here/rarec_lite/data/categories.tsv"
 
 usage() {
   cat <<'EOF'
-Usage: bash data_download.sh [--dataset cloth|book] [--version 2014|2018|2023] [--dest DIR] [--from DIR]
+Usage: bash data_download.sh [--dataset NAME] [--version 2014|2018|2023] [--dest DIR] [--from DIR]
 
 Get the raw Amazon review files for the course.
 
-  --dataset cloth|book    Clothing, Shoes & Jewelry (default) or Books
+  --dataset NAME          any category of the release: a short alias (cloth (default), beauty, sports,
+                          toys, scientific, instruments, arts, games, office, book, ...) or the
+                          release's own name (Industrial_and_Scientific); --list shows them all
+  --list                  list every category: name, releases, aliases
   --version 2014|2018|2023
-                          2014 (default; the paper's data): reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz
+                          default: the first release that has the category (2014 for cloth, the
+                          paper's data; 2018 for scientific)
+                          2014: reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz
                           2018: <Cat>_5.json.gz + meta_<Cat>.json.gz
                           2023: <Cat>.jsonl.gz + meta_<Cat>.jsonl.gz
   --dest DIR              where to put the files
-                          (default: ${RAREC_HOME:-$HOME/.cache/rarec-lite}/raw/<dataset>)
+                          (default: ${RAREC_HOME:-$HOME/.cache/rarec-lite}/raw/<key>, where the key is
+                          the category's first alias, e.g. scientific)
   --from DIR              copy from a local mirror instead of downloading (offline classrooms).
-                          DIR, DIR/amazon_<dataset> and DIR/<dataset> are searched for either the
-                          raw files above or the OpenP5 layout (user_sequence.txt + an item *.tsv).
+                          DIR, DIR/amazon_<key> and DIR/<key> are searched for the raw files above,
+                          the LC-Rec layout (<Name>.inter.json + <Name>.item.json, <Name> one of the
+                          category's names, e.g. Scientific) or the OpenP5 layout (user_sequence.txt +
+                          an item *.tsv; only for 2014 data).
                           Without --from, $RAREC_MIRROR is used the same way when it is set.
   -h, --help              this help
 
@@ -37,7 +49,8 @@ EOF
 die() { printf 'data_download.sh: error: %s\n' "$*" >&2; exit 1; }
 
 dataset=cloth
-version=2014
+version=""
+list_only=0
 dest=""
 from=""
 while [[ $# -gt 0 ]]; do
@@ -50,16 +63,46 @@ while [[ $# -gt 0 ]]; do
     --dest=*) dest="${1#*=}"; shift ;;
     --from) [[ $# -ge 2 ]] || die "--from needs a value"; from="$2"; shift 2 ;;
     --from=*) from="${1#*=}"; shift ;;
+    --list) list_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
 
-case "$dataset" in
-  cloth) cat_name="Clothing_Shoes_and_Jewelry" ;;
-  book) cat_name="Books" ;;
-  *) die "--dataset must be cloth or book (got '$dataset')" ;;
+[[ -f "$table" ]] || die "category table $table not found (run the script from its repository)"
+case "$version" in
+  ""|2014|2018|2023) ;;
+  *) die "--version must be 2014, 2018 or 2023 (got '$version')" ;;
 esac
+if [[ $list_only -eq 1 ]]; then
+  printf '%-32s %-16s %s\n' name releases aliases
+  awk -F'\t' '!/^#/ && NF == 4 { printf "%-32s %-16s %s\n", $1, $2, $4 }' "$table"
+  exit 0
+fi
+
+# resolve NAME in the table: "<release name>\t<key>\t<release>" of the first row whose name (any case)
+# or an alias is NAME and that the release has (without --version: the first release that has it);
+# "-\t<releases>" when it exists only in other releases
+resolved="$(awk -F'\t' -v want="$(printf '%s' "$dataset" | tr '[:upper:]' '[:lower:]')" -v ver="$version" '
+  /^#/ || NF != 4 { next }
+  {
+    n = split($4, al, ","); hit = (tolower($1) == want)
+    for (i = 1; i <= n; i++) if (al[i] == want) hit = 1
+    if (!hit) next
+    key = (n > 0 && al[1] != "") ? al[1] : tolower($1)
+    if (ver == "") { split($2, vs, ","); print $1 "\t" key "\t" vs[1]; found = 1; exit }
+    if (index("," $2 ",", "," ver ",")) { print $1 "\t" key "\t" ver; found = 1; exit }
+    other = other (other ? ", " : "") $2
+  }
+  END { if (!found && other) print "-\t" other }' "$table")"
+if [[ -z "$resolved" ]]; then
+  die "unknown dataset '$dataset'; bash data_download.sh --list shows every category and its aliases"
+fi
+IFS=$'\t' read -r cat_name key resolved_version <<<"$resolved"
+if [[ "$cat_name" == "-" ]]; then
+  die "dataset '$dataset' is not in the $version release (it is in: $key); choose --version accordingly"
+fi
+version="$resolved_version"
 
 # Each entry: "<base URL>|<path under it>"; the local file name is the path's last part.
 case "$version" in
@@ -72,11 +115,10 @@ case "$version" in
   2023)
     base="https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023"
     files=("$base|raw/review_categories/${cat_name}.jsonl.gz" "$base|raw/meta_categories/meta_${cat_name}.jsonl.gz") ;;
-  *) die "--version must be 2014, 2018 or 2023 (got '$version')" ;;
 esac
 
 if [[ -z "$dest" ]]; then
-  dest="${RAREC_HOME:-$HOME/.cache/rarec-lite}/raw/$dataset"
+  dest="${RAREC_HOME:-$HOME/.cache/rarec-lite}/raw/$key"
 fi
 mkdir -p "$dest" || die "cannot create destination directory $dest"
 
@@ -109,7 +151,10 @@ fi
 
 if [[ -n "$from" ]]; then
   [[ -d "$from" ]] || die "--from $from: not a directory"
-  for dir in "$from" "$from/amazon_$dataset" "$from/$dataset"; do
+  # the category's names, lower case, for LC-Rec file names (Scientific.inter.json for scientific)
+  lc_names="$(awk -F'\t' -v k="$key" '!/^#/ && NF == 4 { n = split($4, al, ","); kk = (n > 0 && al[1] != "") ? al[1] : tolower($1)
+            if (kk == k) { printf "%s\n", tolower($1); for (i = 1; i <= n; i++) print al[i] } }' "$table")"
+  for dir in "$from" "$from/amazon_$key" "$from/$key"; do
     [[ -d "$dir" ]] || continue
     # raw files of the requested version
     raw_found=1
@@ -118,12 +163,34 @@ if [[ -n "$from" ]]; then
       [[ -f "$dir/$name" ]] || raw_found=0
     done
     if [[ $raw_found -eq 1 ]]; then
-      echo "Copying the $version $dataset raw files from $dir to $dest"
+      echo "Copying the $version $cat_name raw files from $dir to $dest"
       for entry in "${files[@]}"; do
         name="$(basename "${entry#*|}")"
         copy_atomic "$dir/$name" "$dest/$name"
       done
-      echo "Done. Next: rarec-lite prepare --dataset $dataset"
+      echo "Done. Next: rarec-lite prepare --dataset $key"
+      exit 0
+    fi
+    # LC-Rec layout: <Name>.inter.json + <Name>.item.json, <Name> one of the category's names
+    # (any name in the dataset's own folder when it holds a single pair)
+    shopt -s nullglob
+    inters=("$dir"/*.inter.json)
+    shopt -u nullglob
+    pick=""
+    for inter in "${inters[@]}"; do
+      stem="$(basename "$inter" .inter.json)"
+      if printf '%s\n' "$lc_names" | grep -qxF "$(printf '%s' "$stem" | tr '[:upper:]' '[:lower:]')"; then pick="$inter"; break; fi
+    done
+    if [[ -z "$pick" && ${#inters[@]} -eq 1 && "$dir" != "$from" ]]; then pick="${inters[0]}"; fi
+    if [[ -n "$pick" ]]; then
+      stem="$(basename "$pick" .inter.json)"
+      [[ -f "$dir/$stem.item.json" ]] || die "$pick has no $stem.item.json beside it (the LC-Rec layout needs both)"
+      echo "Copying the LC-Rec $cat_name files ($stem.inter.json + $stem.item.json) from $dir to $dest"
+      echo "  note: LC-Rec data is already processed (5-core, renumbered ids, no timestamps); --version does not apply"
+      copy_atomic "$pick" "$dest/$stem.inter.json"
+      copy_atomic "$dir/$stem.item.json" "$dest/$stem.item.json"
+      [[ -f "$dir/SOURCE.md" ]] && copy_atomic "$dir/SOURCE.md" "$dest/SOURCE.md"
+      echo "Done. Next: rarec-lite prepare --dataset $key"
       exit 0
     fi
     # OpenP5 processed layout: user_sequence.txt + item table(s)
@@ -134,7 +201,7 @@ if [[ -n "$from" ]]; then
         rmdir "$dest" 2>/dev/null || true  # created above; leave nothing behind when it is still empty
         die "$dir has only the OpenP5 layout (user_sequence.txt), which is the 2014 5-core data; --version $version needs the $version raw files (${names# }) there, or drop --version to use the 2014 data"
       fi
-      echo "Copying the OpenP5-style $dataset files from $dir to $dest"
+      echo "Copying the OpenP5-style $key files from $dir to $dest"
       copy_atomic "$dir/user_sequence.txt" "$dest/user_sequence.txt"
       shopt -s nullglob
       tables=("$dir"/*.tsv)
@@ -146,13 +213,14 @@ if [[ -n "$from" ]]; then
         copy_atomic "$table" "$dest/$(basename "$table")"
       done
       [[ -f "$dir/SOURCE.md" ]] && copy_atomic "$dir/SOURCE.md" "$dest/SOURCE.md"
-      echo "Done. Next: rarec-lite prepare --dataset $dataset"
+      echo "Done. Next: rarec-lite prepare --dataset $key"
       exit 0
     fi
   done
   names=""
   for entry in "${files[@]}"; do names="$names $(basename "${entry#*|}")"; done
-  die "no $dataset data in $from, $from/amazon_$dataset or $from/$dataset (looked for:$names, or user_sequence.txt + an item .tsv)"
+  rmdir "$dest" 2>/dev/null || true
+  die "no $key ($cat_name) data in $from, $from/amazon_$key or $from/$key (looked for:$names, <Name>.inter.json + <Name>.item.json, or user_sequence.txt + an item .tsv)"
 fi
 
 # --------------------------------------------------------------------------- download
@@ -187,7 +255,7 @@ offline_message() {
     echo
     echo "Could not download $url ($fetcher exit status $status${detail:+: $detail})."
     echo "This machine may be offline, or the server may be down. To work offline, copy the"
-    echo "data from a local mirror instead: bash data_download.sh --dataset $dataset --from DIR"
+    echo "data from a local mirror instead: bash data_download.sh --dataset $key --from DIR"
     echo "(or set RAREC_MIRROR=DIR), where DIR holds the raw files or the OpenP5 layout"
     echo "(user_sequence.txt + item_brand_categories.tsv), e.g. ../shared/data on the course machines."
     if [[ -s "$part" ]]; then
@@ -206,7 +274,7 @@ fetch_or_exit() {
   fi
 }
 
-echo "Downloading the $version $dataset files to $dest"
+echo "Downloading the $version $cat_name files to $dest"
 for entry in "${files[@]}"; do
   base="${entry%%|*}"
   rel="${entry#*|}"
@@ -246,4 +314,4 @@ for entry in "${files[@]}"; do
   mv -f "$part" "$target"
   echo "  $name: ok ($(wc -c <"$target" | tr -d ' ') bytes)"
 done
-echo "Done. Next: rarec-lite prepare --dataset $dataset"
+echo "Done. Next: rarec-lite prepare --dataset $key"

@@ -91,7 +91,13 @@ def test_help():
     assert result.returncode == 0 and result.stdout.startswith("Usage: bash data_download.sh")
     assert "--from DIR" in result.stdout and "RAREC_MIRROR" in result.stdout
     bad = run("--dataset", "shoes")
-    assert bad.returncode != 0 and "--dataset must be cloth or book" in bad.stderr
+    assert bad.returncode != 0 and "unknown dataset 'shoes'" in bad.stderr and "--list" in bad.stderr
+    old = run("--dataset", "scientific", "--version", "2014")
+    assert old.returncode != 0 and "not in the 2014 release (it is in: 2018,2023)" in old.stderr
+    listing = run("--list")
+    assert listing.returncode == 0 and "Industrial_and_Scientific        2018,2023        scientific,industrial" in listing.stdout
+    from rarec_lite.data import CATEGORIES
+    assert len(listing.stdout.splitlines()) == 1 + len(CATEGORIES)  # header + every category of categories.tsv
 
 
 def test_from_openp5_layout_and_rerun_skips(tmp_path):
@@ -137,7 +143,7 @@ def test_from_mirror_with_bad_gzip_is_rejected(tmp_path):
     assert result.returncode != 0 and "gzip -t failed" in result.stderr
     assert not (dest / REVIEWS).exists() and not list(dest.glob("*.part"))
     nothing = run("--from", str(tmp_path / "dest"), "--dest", str(tmp_path / "d2"))
-    assert nothing.returncode != 0 and "no cloth data in" in nothing.stderr
+    assert nothing.returncode != 0 and "no cloth (Clothing_Shoes_and_Jewelry) data in" in nothing.stderr
 
 
 def test_download_resumes_a_partial_file(tmp_path):
@@ -158,6 +164,45 @@ def test_download_resumes_a_partial_file(tmp_path):
         assert len(server.requests) == n  # nothing fetched
 
 
+def test_any_category_by_alias_downloads_its_release_files(tmp_path):
+    cat = "Industrial_and_Scientific"  # no 2014 release: the first release that has it (2018) is the default
+    files = {f"{cat}_5.json.gz": gz_bytes(40, 3), f"meta_{cat}.json.gz": gz_bytes(10, 4)}
+    home = tmp_path / "home"
+    with _Server(files) as server:
+        result = run("--dataset", "scientific", env_extra={"RAREC_DOWNLOAD_BASE": server.url, "RAREC_HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+        assert sorted(name for name, _ in server.requests) == sorted(files)
+    for name, body in files.items():
+        assert (home / "raw" / "scientific" / name).read_bytes() == body  # keyed by the alias
+    assert "rarec-lite prepare --dataset scientific" in result.stdout
+    with _Server({"Toys_and_Games.jsonl.gz": gz_bytes(5), "meta_Toys_and_Games.jsonl.gz": gz_bytes(5)}) as server:
+        toys = run("--dataset", "Toys_and_Games", "--version", "2023", "--dest", str(tmp_path / "t"),
+                   env_extra={"RAREC_DOWNLOAD_BASE": server.url})
+        assert toys.returncode == 0, toys.stderr and (tmp_path / "t" / "Toys_and_Games.jsonl.gz").is_file()
+
+
+def test_from_lcrec_layout(tmp_path):
+    mirror = tmp_path / "mirror"
+    (mirror / "amazon_scientific").mkdir(parents=True)
+    (mirror / "amazon_scientific" / "Scientific.inter.json").write_text('{"0": [0, 1, 2, 3, 4]}')
+    (mirror / "amazon_scientific" / "Scientific.item.json").write_text('{"0": {"title": "A"}}')
+    (mirror / "amazon_cloth").mkdir()
+    (mirror / "amazon_cloth" / "user_sequence.txt").write_text("A i1 i2 i3 i4 i5\n")
+    home = tmp_path / "home"
+    result = run("--dataset", "scientific", env_extra={"RAREC_MIRROR": str(mirror), "RAREC_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    got = sorted(p.name for p in (home / "raw" / "scientific").iterdir())
+    assert got == ["Scientific.inter.json", "Scientific.item.json"]
+    # a mirror with only another dataset's folders lends nothing, and leaves no empty destination
+    sports = run("--dataset", "sports", env_extra={"RAREC_MIRROR": str(mirror), "RAREC_HOME": str(home)})
+    assert sports.returncode != 0 and "no sports (Sports_and_Outdoors) data in" in sports.stderr
+    assert not (home / "raw" / "sports").exists()
+    # an item file missing beside the interactions is named
+    (mirror / "amazon_scientific" / "Scientific.item.json").unlink()
+    broken = run("--dataset", "scientific", "--dest", str(tmp_path / "d"), env_extra={"RAREC_MIRROR": str(mirror)})
+    assert broken.returncode != 0 and "has no Scientific.item.json beside it" in broken.stderr
+
+
 def test_download_rejects_a_bad_gzip(tmp_path):
     good = gz_bytes(300)
     with _Server({REVIEWS: good[: len(good) // 2], META: good}) as server:
@@ -175,6 +220,14 @@ def test_offline_gives_a_clear_message(tmp_path):
     assert "Could not download" in result.stderr and "--from DIR" in result.stderr
     assert "RAREC_MIRROR" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / REVIEWS).exists()
+
+
+@pytest.mark.realdata
+def test_from_the_shared_scientific_mirror(shared_scientific_dir, tmp_path):
+    result = run("--dataset", "scientific", "--from", str(shared_scientific_dir.parent), "--dest", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    for name in ("Scientific.inter.json", "Scientific.item.json"):
+        assert (tmp_path / "s" / name).read_bytes() == (shared_scientific_dir / name).read_bytes()
 
 
 @pytest.mark.realdata
