@@ -31,14 +31,16 @@ if "google.colab" in sys.modules:
 from rarec_lite import course
 hw = course.detect_hardware()   # GPU + NF4 when there is a GPU, else CPU; prints why'''
 
-PARAMS = "quick = False  # papermill -p quick True: tiny random model, small data slice, few steps"
+PARAMS = """\
+quick = False      # papermill -p quick True: tiny random model, small data slice, few steps
+dataset = "cloth"  # papermill -p dataset scientific: any Amazon category by alias or name (bash data_download.sh --list)"""
 
 SETTINGS = '''\
 %matplotlib inline
 import numpy as np
 import matplotlib.pyplot as plt
 from rarec_lite import exercises, plots
-cfg = course.settings(quick, hw)'''
+cfg = course.settings(quick, hw, dataset=dataset)'''
 
 
 def md(text: str):
@@ -76,8 +78,8 @@ NOTEBOOKS["00_setup"] = header("00_setup", "00 · Set-up and hardware check", ""
 the device (GPU or CPU), the 4-bit kernels, the data and the offline models.
 
 The course reproduces **RA-Rec** (Yu et al. 2024, *An Efficient ID Representation Alignment Framework
-for LLM-based Recommendation*, arXiv 2402.04527) on Amazon *Clothing, Shoes & Jewelry*: three ways to
-show a user to a frozen LLM (ID Direct, ID Translation, and RA-Rec's alignment of ID embeddings into
+for LLM-based Recommendation*, arXiv 2402.04527) on Amazon *Clothing, Shoes & Jewelry* by default (any other
+Amazon category with `dataset = "scientific"`, `"beauty"`, ...): three ways to show a user to a frozen LLM (ID Direct, ID Translation, and RA-Rec's alignment of ID embeddings into
 soft prompts), compared under full ranking.
 """) + [
     md("## 1. Versions and device\nThe first cell chose the device. Here are the libraries it will use."),
@@ -94,7 +96,8 @@ import os
 from rarec_lite import paths
 print("RAREC_HOME  :", paths.home())
 print("RAREC_MIRROR:", os.environ.get("RAREC_MIRROR"))
-print("raw Clothing:", cfg.raw_dir or "not found: the notebooks will use the synthetic toy dataset")'''),
+from rarec_lite.data import label
+print(f"raw data ({label(cfg.dataset)}):", cfg.raw_dir or "not found: the notebooks will use the synthetic toy dataset")'''),
     md("## 3. Offline models\nTwo models ship as Python packages, so no Hugging Face download is needed: "
        "SmolLM2-135M-Instruct (a GGUF file, converted once to safetensors) and all-MiniLM-L6-v2."),
     code('''\
@@ -126,39 +129,45 @@ exercises.check_leave_one_out(leave_one_out)'''),
 ]
 
 # ---------------------------------------------------------------------------------------------- 01
-NOTEBOOKS["01_data"] = header("01_data", "01 · The Clothing data", """
-**Goal:** know the data before modelling it. Amazon *Clothing, Shoes & Jewelry* (2014, 5-core: 39,387
-users, 23,033 items, 278,677 interactions) is short and sparse: most users have 5 to 7 purchases, and a
-few items take most of the interactions. Item text is brand + category path (this copy has no titles).
+NOTEBOOKS["01_data"] = header("01_data", "01 · The data", """
+**Goal:** know the data before modelling it. The default, Amazon *Clothing, Shoes & Jewelry* (2014, 5-core:
+39,387 users, 23,033 items, 278,677 interactions), is short and sparse: most users have 5 to 7 purchases, and
+a few items take most of the interactions; its offline copy has no titles, so item text is brand + category
+path. `dataset = "scientific"` (Amazon 2018 *Industrial & Scientific*, 5-core: 8,317 users, 4,344 items,
+58,492 interactions) has a real title for every item, as the paper's prompts use.
 """, "from rarec_lite import data") + [
     md("## 1. Load\n`load_dataset` prepares the raw files once (5-core, chronological order, contiguous ids) "
        "and caches the result under `$RAREC_HOME/processed/`."),
     code('''\
 ds = course.load_course_dataset(cfg)
 split = ds.split()
-print(f"{ds.name}: {ds.num_users:,} users, {ds.num_items:,} items, {ds.num_interactions:,} interactions")
+print(f"{data.label(ds.name)} ({ds.name}): {ds.num_users:,} users, {ds.num_items:,} items, {ds.num_interactions:,} interactions")
 print("density:", f"{ds.num_interactions / (ds.num_users * ds.num_items):.5%}")'''),
     md("## 2. Sequence lengths\nSASRec reads the last 50 items; ID Translation writes every item as text. How "
        "long are the sequences?"),
     code('''\
 lengths = np.array([len(s) for s in ds.sequences])
 print("min", lengths.min(), "| median", np.median(lengths), "| mean", round(lengths.mean(), 2), "| max", lengths.max())
-plots.sequence_length_hist(lengths);'''),
+plots.sequence_length_hist(lengths).set_title(f"{data.short_label(ds.name)}: sequence lengths ({len(lengths):,} users)");'''),
     md("## 3. The popularity long tail\nOn log-log axes a long tail is close to a straight line. MostPop, the "
        "simplest baseline, recommends the head of this curve to everyone."),
     code('''\
 pop = ds.item_popularity("all")
-plots.popularity_long_tail(pop)
+plots.popularity_long_tail(pop).set_title(f"{data.short_label(ds.name)}: popularity long tail (log-log)")
 print(f"Gini of item popularity: {data.gini(pop):.3f}; top 20% of items hold {data.top_share(pop, 0.2):.0%} of interactions")'''),
-    md("## 4. Item text coverage\nThe LLM paradigms read item *text*. Here it is built from brand and category "
-       "path (`data.build_item_text`); how many items have each field?"),
+    md("## 4. Item text coverage\nThe LLM paradigms read item *text*: the title where there is one, else brand and "
+       "category path (`data.build_item_text`). How many items have each field, and how many items share their "
+       "text with another item (a text method cannot tell those apart)?"),
     code('''\
 brand = np.mean([bool(b) for b in ds.item_brand])
 title = np.mean([bool(t) for t in ds.item_title])
 cats = np.mean([bool(c) for c in ds.item_categories])
 fig, ax = plt.subplots(figsize=(5, 2.5))
 ax.barh(["title", "brand", "categories"], [title, brand, cats], color="#4C72B0")
-ax.set_xlim(0, 1); ax.set_xlabel("share of items"); ax.set_title("Item text coverage")
+ax.set_xlim(0, 1); ax.set_xlabel("share of items"); ax.set_title(f"{data.short_label(ds.name)}: item text coverage")
+share = data.text_sharing(ds.item_text)
+print(f"{share['distinct_texts']:,} distinct texts for {ds.num_items:,} items; {share['items_sharing_text']:,} items "
+      f"share their text with another (largest group: {share['largest_text_group']:,})")
 for i in np.random.default_rng(0).choice(ds.num_items, 5, replace=False):
     print(f"[{i}] {ds.item_ids[i]}: {ds.item_text[i]}")'''),
     md("## 5. One user, split\nThe first user's sequence and its leave-one-out split, as text."),
@@ -215,7 +224,7 @@ if hist:
     ax_val.axvline(m["best_epoch"], color="grey", ls="--", label=f"best epoch {m['best_epoch']}")
     ax_val.set_xlabel("epoch"); ax_val.set_ylabel("validation NDCG@10"); ax_val.set_title("Early stopping")
     ax_val.legend();'''),
-    md("**Full mode, measured** (all 39,387 users, the defaults: hidden 128, dropout 0.5, full-catalogue "
+    md("**Full mode on Clothing, measured** (all 39,387 users, the defaults: hidden 128, dropout 0.5, full-catalogue "
        "cross-entropy): validation NDCG@10 peaks at epoch 6 (0.0162) and training stops after epoch 9; test "
        "NDCG@10 **0.0148**, HR@10 0.0260, HR@100 0.0777, against MostPop's 0.0039 / 0.0079 / 0.0479 "
        "(about 40 min on 2 busy cores; the run is cached, so 06, 08 and the pipeline reuse it). "
@@ -232,11 +241,10 @@ print(metrics.format_metrics({"MostPop": pop_res, "SASRec": run.test}))'''),
     md("## 3. The embedding map\nProject the item embeddings on two principal components and colour them by "
        "their first category under the root: items bought together end up close."),
     code('''\
+from rarec_lite import data
 emb = run.model.item_embeddings().detach().cpu().numpy()
-def top_category(c):
-    nodes = [n for n in c.split(" | ") if n and not n.startswith("Clothing, Shoes")]
-    return nodes[0] if nodes else "(none)"
-plots.embedding_map(emb, [top_category(c) for c in ds.item_categories]);'''),
+ax = plots.embedding_map(emb, [data.top_category(c) for c in ds.item_categories])  # the first node under the root
+ax.set_title(f"{data.short_label(ds.name)}: SASRec item embeddings (2 principal components)");'''),
     md("## Exercise 2: HR@K and NDCG@K for one user\nGiven the scores of every item, the held-out target and "
        "the user's history: remove the history, rank the target (a tie counts *against* the target), and "
        "return HR@K (hit or not) and NDCG@K (`1/log2(rank+2)` for a 0-based rank below K)."),
@@ -399,16 +407,24 @@ token_counts = []  # token_counts[n] = tokens for chain[:n]
 first_overflow = ...  # your code here
 exercises.check_overflow_length(first_overflow, token_counts, window)'''),
     md("## 3. Zero-shot ranking with a token budget\nIn practice the prompt is cut to a budget (here 256 tokens, "
-       "a CPU-friendly size): the oldest items are dropped."),
+       "a CPU-friendly size): the oldest items are dropped. Item prompts get their own budget: 32 tokens, or the "
+       "main job's item budget where it is larger (titles need more than Clothing's breadcrumbs; "
+       "`course.token_budgets`). `prompts.budget_report` says what survives."),
     code('''\
 users = course.eval_users(cfg, ds)
 budget = 256
+item_budget = max(32, course.token_budgets(cfg.dataset)["item_max_tokens"])
 res_p = [prompts.id_translation_user([ds.item_text[i] for i in split.test_history[u]], bb.tokenizer, budget) for u in users]
-print(f"truncated prompts: {np.mean([r.truncated for r in res_p]):.1%} of {len(users)} users")
+rep = prompts.budget_report(res_p, [len(split.test_history[u]) for u in users])
+print(f"user prompts: {rep['tokens_needed']:.0f} tokens needed on average, {rep['over_budget_share']:.1%} of {len(users)} "
+      f"cut to {budget}; {rep['items_kept']:.1f} of {rep['items_wanted']:.1f} history items kept")
+item_rep = prompts.budget_report([prompts.item_text_prompt(t, bb.tokenizer, item_budget) for t in ds.item_text])
+print(f"item prompts: {item_rep['tokens_needed']:.1f} tokens needed on average; {item_rep['over_budget_share']:.1%} "
+      f"cut to {item_budget}, keeping {item_rep['words_kept_share']:.0%} of their words")
 item_prompts = [prompts.item_text_prompt(t).text for t in ds.item_text]
-tower = course.two_tower(cfg, bb, item_prompts, max_item_tokens=32)
+tower = course.two_tower(cfg, bb, item_prompts, max_item_tokens=item_budget)
 res, u_vecs, i_vecs = course.evaluate_two_tower(tower, ds, users, [r.text for r in res_p], item_prompts,
-                                                max_user_tokens=budget, max_item_tokens=32)
+                                                max_user_tokens=budget, max_item_tokens=item_budget)
 print("ID Translation (zero-shot):", {k: round(v, 4) for k, v in res.metrics.items()})'''),
     md("## 4. Why a raw dot product fails: anisotropy\nThe paper scores a user and an item by the dot product of "
        "their final states. In a small LLM a few *massive-activation* dimensions carry most of every state's "
@@ -572,12 +588,15 @@ print("package:", float(losses.bpr_loss(x, y)), float(losses.info_nce(x, y, 0.1)
 NOTEBOOKS["07_evaluation"] = header("07_evaluation", "07 · Evaluation and comparison", """
 **Goal:** compare the paradigms fairly: the same users, full ranking over the whole catalogue, confidence
 intervals, and the cost of each method. The numbers come from the pipeline (`rarec-lite pipeline --config
-cpu-quick`, which writes `results/cpu-quick/metrics.json` at the top of the repository); when that file
+cpu-quick`, which writes `results/cpu-quick/metrics.json` at the top of the repository, or
+`results/cpu-quick-<dataset>/` with `--dataset`); when that file
 does not exist, or in quick mode, this notebook runs a pipeline itself (a cut-down `ci-tiny` in quick mode).
 """, "import json\nfrom pathlib import Path\nfrom rarec_lite import pipeline") + [
     code('''\
-config = "cpu-quick"   # the course's main run: `rarec-lite pipeline --config cpu-quick`
-found = [p for p in (Path("..") / "results" / config / "metrics.json", Path("results") / config / "metrics.json") if p.exists()]
+config = "cpu-quick"   # the course's main run: `rarec-lite pipeline --config cpu-quick [--dataset NAME]`
+own = pipeline.load_config(config)
+sub = pipeline.results_dir(pipeline.for_dataset(own, cfg.dataset), ".", own["data"]["dataset"]).name  # cpu-quick[-<dataset>]
+found = [p for p in (Path("..") / "results" / sub / "metrics.json", Path("results") / sub / "metrics.json") if p.exists()]
 if found and not cfg.quick:
     path = found[0]
 else:  # quick mode (or no results yet): a small pipeline run of its own
@@ -641,11 +660,13 @@ try:
     align.gate_offset = 0.0  # trained: the gate is what was learned (load_alignment restores the parameters only)
 except FileNotFoundError:
     print("no trained alignment found (run notebook 06): showing an untrained module (closed gate: the zero-shot model)")
-rarec = course.two_tower(cfg, bb, item_text_prompts, align)
+budgets = course.token_budgets(cfg.dataset)  # the main job's budgets on this dataset (Clothing 64 / 24)
+rarec = course.two_tower(cfg, bb, item_text_prompts, align, max_item_tokens=budgets["item_max_tokens"])
 _, uv, iv = course.evaluate_two_tower(
     rarec, ds, users, [prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=3).text for u in users],
     item_text_prompts, course.user_id_embeddings(run.model, [split.test_history[u] for u in users]),
-    run.model.item_embeddings().detach().cpu(), max_user_tokens=64, max_item_tokens=24)
+    run.model.item_embeddings().detach().cpu(), max_user_tokens=budgets["user_max_tokens"],
+    max_item_tokens=budgets["item_max_tokens"])
 recs["RA-Rec hybrid"] = course.ranking_recommender(uv, iv, users, ds, tower=rarec)'''),
     md("## 2. The inspector\nIn JupyterLab and Colab this is an interactive widget (on Colab, `show()` enables the "
        "custom widget manager). Without a notebook front end it prints the same content as text."),

@@ -5,7 +5,8 @@ One module per idea of the course:
 ========================  ==========================================================
 ``rarec_lite.paths``      where data, models and results live (``RAREC_HOME``, ``RAREC_MIRROR``)
 ``rarec_lite.files``      atomic writes, checksums, safetensors checkpoints
-``rarec_lite.data``       Amazon readers, k-core, leave-one-out split, item text
+``rarec_lite.data``       Amazon data, any category: readers per layout (``amazon``, ``lcrec``,
+                          ``openp5``), names (``catalog``), ``split``, item ``text``, ``prepared``
 ``rarec_lite.metrics``    full-ranking HR@K / NDCG@K / MRR, sampled protocol, bootstrap
 ``rarec_lite.baselines``  MostPop and item-text nearest neighbours
 ``rarec_lite.sasrec``     the frozen ID encoder (Kang & McAuley 2018)

@@ -4,12 +4,15 @@ Every course notebook starts with the same three steps::
 
     hw = course.detect_hardware()            # prints: GPU + NF4, or CPU, and why
     cfg = course.settings(quick, hw)         # quick mode (tiny model, small slice) or full mode
-    ds = course.load_course_dataset(cfg)     # real Clothing (or a slice of it), else the toy set
+    ds = course.load_course_dataset(cfg)     # the real dataset (or a slice of it), else the toy set
+
+``settings(quick, hw, dataset="scientific")`` (the notebooks' ``dataset`` papermill parameter) picks
+the dataset: any name of :func:`rarec_lite.data.catalog.resolve`; Amazon Clothing by default.
 
 Quick mode is what the tests and a first classroom pass use: the tiny random ``"tiny-llama"``
-backbone, a slice of the real Clothing data when the raw files are reachable (``$RAREC_MIRROR``
+backbone, a slice of the real data when the raw files are reachable (``$RAREC_MIRROR``
 or ``../shared/data``), otherwise the synthetic toy dataset, and a few training steps.
-Full mode is the real experiment: all of Clothing (39,387 users, 23,033 items) and the offline
+Full mode is the real experiment: all of the dataset (Clothing: 39,387 users, 23,033 items) and the offline
 SmolLM2-135M in 4 bits (NF4, Dettmers et al. 2023, "QLoRA", Sec. 2).  On a GPU a bigger hub model
 can replace SmolLM2 (``settings(..., backbone="Qwen/Qwen2.5-0.5B-Instruct")``).
 """
@@ -130,17 +133,19 @@ class CourseSettings:
         quick: quick mode (tests, first pass) or full mode (the real experiment).
         device, quantization: from :class:`Hardware` (quick mode keeps the tiny model unquantized).
         backbone: ``load_backbone`` name: ``"tiny-llama"`` (quick) or ``"smollm2-135m"`` (full).
-        max_users: users kept from Clothing (``None`` = all 39,387).
+        max_users: users kept from the dataset (``None`` = all).
         sasrec_epochs: SASRec training epochs.
         align_steps: alignment training steps (optimizer updates).
         batch_size: alignment batch size (pairs per step).
         eval_users: users scored in notebook evaluations (``None`` = all).
         seed: one seed for every random choice.
-        raw_dir: the directory with ``user_sequence.txt`` when the real data is reachable, else ``None``.
+        raw_dir: the directory with the dataset's raw files when they are reachable, else ``None``.
         max_layers: keep only the first layers of the LLM (``None`` = all). Full mode on a CPU keeps
             as many of SmolLM2's 30 layers as the pipeline's ``cpu-quick`` config does.
         pooling: two-tower pooling (``"mean"``, ``"last"``; ``None`` = the backbone's default).
         standardize: score standardised states (:meth:`rarec_lite.alignment.TwoTower.set_standardization`).
+        dataset: the dataset key (``"cloth"``, ``"scientific"``, ...; :func:`rarec_lite.data.dataset_key`);
+            :func:`load_course_dataset` falls back to the toy set when ``raw_dir`` is ``None``.
     """
 
     quick: bool
@@ -158,6 +163,7 @@ class CourseSettings:
     pooling: str | None = "mean"
     standardize: bool = True
     extra: dict = field(default_factory=dict)
+    dataset: str = "cloth"
 
     def as_dict(self) -> dict:
         """The settings as a plain dict (for printing or ``metrics.json``)."""
@@ -166,36 +172,58 @@ class CourseSettings:
         return out
 
 
-def find_raw_cloth() -> Path | None:
-    """The directory holding the real Clothing raw files, or ``None``.
+def find_raw(dataset: str = "cloth") -> Path | None:
+    """The directory holding the real raw files of ``dataset``, or ``None``.
 
     Any layout that :func:`rarec_lite.data.detect_raw_source` reads counts (the 2014/2018/2023 files
-    that ``data_download.sh`` fetches, or the OpenP5 ``user_sequence.txt`` layout). Looks in
-    ``$RAREC_MIRROR`` (and its ``amazon_cloth``/``cloth`` sub-folders), the download dir
-    ``$RAREC_HOME/raw/cloth``, and then ``../shared/data/amazon_cloth`` relative to the working
-    directory and to the repository. ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the
-    notebooks then use the toy dataset).
+    that ``data_download.sh`` fetches, the LC-Rec ``<Name>.inter.json`` layout, or the OpenP5
+    ``user_sequence.txt`` layout). Looks in ``$RAREC_MIRROR`` (its ``amazon_<key>``/``<key>`` sub-folders,
+    then its top level), the download dir ``$RAREC_HOME/raw/<key>``, and then
+    ``../shared/data/amazon_<key>`` relative to the working directory and to the repository.
+    ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the notebooks then use the toy dataset).
+
+    Raises:
+        ValueError: an unknown dataset name (with the closest names).
     """
     from rarec_lite import paths
-    from rarec_lite.data import detect_raw_source
+    from rarec_lite.data import dataset_key, detect_raw_source
 
-    if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy":
+    key = dataset_key(dataset)
+    if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy" or key == "toy":
         return None
-    candidates: list[Path] = []
+    candidates: list[tuple[Path, bool]] = []
     mirror = os.environ.get("RAREC_MIRROR")
     if mirror:
-        candidates += [Path(mirror) / "amazon_cloth", Path(mirror) / "cloth", Path(mirror)]
-    candidates.append(paths.raw_dir("cloth"))
+        candidates += [(Path(mirror) / f"amazon_{key}", True), (Path(mirror) / key, True),
+                       (Path(mirror), Path(mirror).name in (f"amazon_{key}", key))]
+    candidates.append((paths.raw_dir(key), True))
     repo = Path(__file__).resolve().parents[1]
     for base in (Path.cwd(), Path.cwd().parent, repo):
-        candidates.append(base.parent / "shared" / "data" / "amazon_cloth")
-    for path in candidates:
-        if detect_raw_source(path, "cloth") is not None:
+        candidates.append((base.parent / "shared" / "data" / f"amazon_{key}", True))
+    for path, own in candidates:
+        found = detect_raw_source(path, key, any_name=own)
+        if found is not None and (own or found.format != "openp5"):
             return path.resolve()
     return None
 
 
-def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **overrides) -> CourseSettings:
+def find_raw_cloth() -> Path | None:
+    """:func:`find_raw` of Amazon Clothing (kept for older notebooks)."""
+    return find_raw("cloth")
+
+
+def token_budgets(dataset: str = "cloth") -> dict:
+    """The main job's token budgets on ``dataset``: ``user_max_tokens`` and ``item_max_tokens`` of the
+    ``cpu-quick`` config's ``[llm]``, with its ``[budgets.<key>]`` when it has one (Clothing 64 / 24,
+    Scientific's titles 192 / 72; measured, README "Token budgets"). One source for the notebooks."""
+    from rarec_lite.pipeline import for_dataset, load_config
+
+    llm = for_dataset(load_config("cpu-quick"), dataset)["llm"]
+    return {"user_max_tokens": int(llm["user_max_tokens"]), "item_max_tokens": int(llm["item_max_tokens"])}
+
+
+def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, dataset: str = "cloth",
+             **overrides) -> CourseSettings:
     """The run size for quick or full mode, with a printed summary.
 
     Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
@@ -204,10 +232,15 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
     (fp32 on a CPU, NF4 on a GPU; on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
     and alignment steps, and the LLM paradigms scored on its fixed random sample of test users
     against the whole catalogue (SASRec and MostPop on every user). Any field can be overridden by keyword.
+    ``dataset`` (the notebooks' papermill parameter) is any dataset name; its raw files are looked up by
+    :func:`find_raw` (the toy set when they are not found).
 
     Raises:
         TypeError: an override names no field of :class:`CourseSettings`.
+        ValueError: an unknown dataset name.
     """
+    from rarec_lite.data import dataset_key, label
+
     if hw is None:
         hw = detect_hardware(verbose=False)
     if quick:
@@ -224,7 +257,8 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
                               main["eval"]["num_users"],
                               max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None,
                               pooling=main["llm"]["pooling"] or None, standardize=main["llm"]["standardize"])
-    base = replace(base, raw_dir=find_raw_cloth())
+    key = dataset_key(dataset)
+    base = replace(base, raw_dir=find_raw(key), dataset=key)
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
         bad = sorted(set(overrides) - names)
@@ -237,7 +271,8 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight over shared CPUs)
     if verbose:
         mode = "QUICK mode (tiny random model, small slice, few steps)" if quick else "FULL mode"
-        data = (f"real Clothing from {base.raw_dir}" if base.raw_dir else "synthetic toy data (real Clothing not found)")
+        data = (f"real {label(base.dataset)} from {base.raw_dir}" if base.raw_dir else
+                "synthetic toy data" + ("" if base.dataset == "toy" else f" (real {label(base.dataset)} not found)"))
         users = "all users" if base.max_users is None else f"{base.max_users} users"
         print(f"{mode}\n  data: {data}, {users}\n  backbone: {base.backbone} "
               f"({base.quantization or 'full precision'}) on {base.device}\n"
@@ -247,7 +282,7 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, **ov
 
 
 def load_course_dataset(cfg: CourseSettings):
-    """Load the dataset a notebook works on: real Clothing (a slice in quick mode) or the toy set.
+    """Load the dataset a notebook works on: ``cfg.dataset`` (a slice in quick mode) or the toy set.
 
     Real data is read from ``cfg.raw_dir`` through :func:`rarec_lite.data.load_dataset`; when it
     is not reachable the synthetic toy dataset of :mod:`rarec_lite.data` is used instead, so a
@@ -259,13 +294,14 @@ def load_course_dataset(cfg: CourseSettings):
     from rarec_lite import data
 
     if cfg.raw_dir is not None:
-        return data.load_dataset("cloth", raw_dir=cfg.raw_dir, max_users=cfg.max_users, seed=cfg.seed)
+        return data.load_dataset(cfg.dataset, raw_dir=cfg.raw_dir, max_users=cfg.max_users, seed=cfg.seed)
     return data.load_dataset("toy", max_users=cfg.max_users, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------- shared notebook steps
-def run_dir(cfg: CourseSettings, kind: str, dataset="cloth") -> Path:
-    """Where a notebook keeps a training run: ``$RAREC_HOME/runs/course-<kind>-<dataset>-<size>``.
+def run_dir(cfg: CourseSettings, kind: str, dataset=None) -> Path:
+    """Where a notebook keeps a training run: ``$RAREC_HOME/runs/course-<kind>-<dataset>-<size>``
+    (``dataset``: a name or a :class:`~rarec_lite.data.Dataset`; default ``cfg.dataset``).
 
     Notebooks that need the same model (e.g. SASRec in 02, 06 and 08) share the directory, and
     the trainers resume from its checkpoint, so the second notebook reuses the first one's run.
@@ -273,6 +309,7 @@ def run_dir(cfg: CourseSettings, kind: str, dataset="cloth") -> Path:
     from rarec_lite import paths
 
     size = "all" if cfg.max_users is None else f"u{cfg.max_users}"
+    dataset = cfg.dataset if dataset is None else dataset
     name = dataset if isinstance(dataset, str) else dataset.name
     return paths.runs_dir() / f"course-{kind}-{name}-{size}-seed{cfg.seed}"
 
@@ -444,28 +481,25 @@ def experiment(cfg: CourseSettings, progress: bool | None = None):
     from rarec_lite import paths, pipeline
 
     conf = pipeline.load_config(quick_pipeline_config(cfg.seed) if cfg.quick else "cpu-quick")
+    conf = pipeline.for_dataset(conf, cfg.dataset if cfg.raw_dir is not None else "toy")  # its [budgets.<key>] too
     conf["seed"] = cfg.seed
-    conf["data"].update(dataset="cloth" if cfg.raw_dir is not None else "toy", max_users=cfg.max_users or 0)
+    conf["data"].update(max_users=cfg.max_users or 0)
     conf["eval"]["num_users"] = cfg.eval_users or 0  # 0: every user
     conf["llm"].update(name=cfg.backbone, quantization=cfg.quantization or "none", max_layers=cfg.max_layers or 0,
                        pooling=cfg.pooling or "", standardize=bool(cfg.standardize))
     conf["train"].update(steps=cfg.align_steps, batch_size=cfg.batch_size)
     progress = (not cfg.quick) if progress is None else progress
     exp = pipeline.Experiment(conf, None, progress)  # out_dir: set below, once the data is known
-    # the pipeline finds raw data through $RAREC_MIRROR: point it at the notebook's cfg.raw_dir meanwhile
-    before = os.environ.get("RAREC_MIRROR")
     if cfg.raw_dir is not None:
-        os.environ["RAREC_MIRROR"] = str(cfg.raw_dir)
-    try:
-        exp.load_data()
-    finally:
-        if before is None:
-            os.environ.pop("RAREC_MIRROR", None)
-        else:
-            os.environ["RAREC_MIRROR"] = before
+        conf["data"]["raw_dir"] = str(cfg.raw_dir)  # the notebook's raw files, whatever $RAREC_MIRROR says
+    exp.load_data()
     run = sasrec_run(cfg, exp.dataset, progress=progress)  # the notebooks' encoder: the pipeline asks for the same
     conf["sasrec"] = {k: run.config.get(k, v) for k, v in conf["sasrec"].items()}
-    key = json.dumps({"config": conf, "data": pipeline.data_signature(exp.dataset)}, sort_keys=True)
+    # the run's key: the config without its free-text description and [budgets] (the budgets in force are in
+    # [llm]) and without raw_dir (where the files are; their content is in the data signature)
+    keyed = {k: v for k, v in conf.items() if k not in ("budgets", "description")}
+    keyed["data"] = {k: v for k, v in conf["data"].items() if k != "raw_dir"}
+    key = json.dumps({"config": keyed, "data": pipeline.data_signature(exp.dataset)}, sort_keys=True)
     exp.out = paths.runs_dir() / f"course-experiment-{conf['name']}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     exp.load_sasrec()
     return exp

@@ -20,7 +20,7 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     assert hw.device == "cpu" and hw.quantization is None and "CPU" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "nothing"))
-    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)
+    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)
     threads = torch.get_num_threads()
     try:
         q = course.settings(True, hw)
@@ -44,6 +44,40 @@ def test_find_raw_cloth_mirror_layouts(monkeypatch, tmp_path):
     assert course.find_raw_cloth() == (tmp_path / "amazon_cloth").resolve()
     monkeypatch.setenv("RAREC_COURSE_DATA", "toy")  # force the toy dataset even with real data around
     assert course.find_raw_cloth() is None
+
+
+def test_settings_on_another_dataset(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RAREC_FORCE_CPU", "1")
+    d = tmp_path / "amazon_scientific"
+    d.mkdir()
+    (d / "Scientific.inter.json").write_text('{"0": [0, 1, 2, 3, 4]}')
+    (d / "Scientific.item.json").write_text('{"0": {"title": "A"}}')
+    (tmp_path / "amazon_cloth").mkdir()
+    (tmp_path / "amazon_cloth" / "user_sequence.txt").write_text("A B0 B1 B2 B3 B4\n")
+    monkeypatch.setenv("RAREC_MIRROR", str(tmp_path))
+    hw = course.detect_hardware(verbose=False)
+    threads = torch.get_num_threads()
+    try:
+        q = course.settings(True, hw, dataset="Industrial_and_Scientific")
+    finally:
+        torch.set_num_threads(threads)
+    assert (q.dataset, q.raw_dir) == ("scientific", d.resolve())
+    assert "real Amazon Industrial & Scientific from" in capsys.readouterr().out
+    assert course.find_raw("cloth") == (tmp_path / "amazon_cloth").resolve()
+    assert course.find_raw("sports") is None  # the mirror's other folders are not lent to it
+    assert course.run_dir(q, "pipeline").name == "course-pipeline-scientific-u300-seed0"
+    with pytest.raises(ValueError, match="did you mean scientific"):
+        course.settings(True, hw, verbose=False, dataset="scientifc")
+    assert course.token_budgets("cloth") == {"user_max_tokens": 64, "item_max_tokens": 24}
+    assert course.token_budgets("scientific") == {"user_max_tokens": 192, "item_max_tokens": 72}
+
+
+def test_top_category_of_any_dataset():
+    from rarec_lite.data import top_category
+
+    assert top_category("Clothing, Shoes & Jewelry | Girls | Clothing | Active") == "Girls"
+    assert top_category("Industrial & Scientific | Fasteners | Screws") == "Fasteners"
+    assert top_category("") == "(none)" and top_category("Books") == "(none)"
 
 
 def test_find_raw_cloth_sees_what_data_download_fetches(monkeypatch, tmp_path):
@@ -70,7 +104,7 @@ def test_colab_helpers(monkeypatch):
 
 
 def test_quick_dataset_falls_back_to_toy(monkeypatch):
-    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)
+    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)
     cfg = course.settings(True, verbose=False, max_users=50)
     ds = course.load_course_dataset(cfg)
     assert ds.name == "toy" and ds.num_users == 50
@@ -342,7 +376,7 @@ def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatc
     from rarec_lite import pipeline
 
     monkeypatch.setenv("RAREC_HOME", str(tmp_path))
-    monkeypatch.setattr(course, "find_raw_cloth", lambda: None)  # no real data: the toy set
+    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)  # no real data: the toy set
     cfg = course.settings(True, verbose=False, max_users=60, eval_users=20, sasrec_epochs=1)
     exp = course.experiment(cfg)
     assert isinstance(exp, pipeline.Experiment)

@@ -49,7 +49,7 @@ from .prepared import FORMAT_VERSION, Dataset, load_dataset, prepare, read_proce
 from .sources import RawSource, detect_raw_source, find_raw_source
 from .split import LeaveOneOut, k_core, leave_one_out, sort_chronologically
 from .stats import compute_stats, gini, top_share
-from .text import ROOT_CATEGORIES, build_item_text, build_item_texts, category_path_text, text_sharing
+from .text import ROOT_CATEGORIES, build_item_text, build_item_texts, category_path_text, text_sharing, top_category
 from .toy import synthetic_dataset
 
 __all__ = [
@@ -59,5 +59,5 @@ __all__ = [
     "load_dataset", "prepare", "read_item_table", "read_lcrec_interactions", "read_lcrec_items", "read_meta_2014",
     "read_meta_2018", "read_meta_2023", "read_processed", "read_reviews_2014", "read_reviews_2018",
     "read_reviews_2023", "read_user_sequences", "resolve", "short_label", "sort_chronologically",
-    "synthetic_dataset", "text_sharing", "top_share",
+    "synthetic_dataset", "text_sharing", "top_category", "top_share",
 ]

@@ -132,8 +132,10 @@ def detect_raw_source(directory: str | os.PathLike, dataset: str = "cloth", any_
 
 
 def _candidates(root: Path, key: str) -> list[tuple[Path, bool]]:
-    """Where under ``root`` a dataset's files may be, and whether the folder is the dataset's own."""
-    return [(root, False), (root / f"amazon_{key}", True), (root / key, True)]
+    """Where under ``root`` a dataset's files may be, and whether the folder is the dataset's own
+    (``amazon_<key>`` or ``<key>``; ``root`` itself when it is named so)."""
+    own = (f"amazon_{key}", key)
+    return [(root, root.name in own), (root / own[0], True), (root / own[1], True)]
 
 
 def find_raw_source(dataset: str = "cloth", raw_dir: str | os.PathLike | None = None) -> RawSource:
@@ -144,8 +146,8 @@ def find_raw_source(dataset: str = "cloth", raw_dir: str | os.PathLike | None = 
     3. :func:`rarec_lite.paths.raw_dir` (where ``data_download.sh`` puts them).
 
     The OpenP5 ``user_sequence.txt`` and any single LC-Rec file pair count only in the dataset's own
-    folder (``amazon_<key>``/``<key>``, or ``raw_dir`` itself when given): a mirror's top level never
-    lends one dataset's files to another.
+    folder (``amazon_<key>``/``<key>``, ``raw_dir`` itself when given, or a mirror that is itself named
+    ``amazon_<key>``): a mirror's top level never lends one dataset's files to another.
 
     Raises:
         ValueError: unknown dataset (with the closest names).

@@ -122,6 +122,18 @@ def _is_root(node: str, position: int) -> bool:
     return node in ROOT_CATEGORIES or (position == 0 and node in CATEGORY_ROOTS)
 
 
+def top_category(categories) -> str:
+    """The first category node under the root (``"Girls"`` for ``"Clothing, Shoes & Jewelry | Girls |
+    Clothing"``, ``"Fasteners"`` for ``"Industrial & Scientific | Fasteners | Screws"``), or ``"(none)"``.
+    Accepts the forms of :func:`category_path_text` (the longest path is used)."""
+    paths_ = _paths_from(categories)
+    if not paths_:
+        return "(none)"
+    nodes = [(k, _clean(n)) for k, n in enumerate(max(paths_, key=len))]
+    rest = [n for k, n in nodes if n and not _is_root(n, k)]
+    return rest[0] if rest else "(none)"
+
+
 def text_sharing(texts) -> dict:
     """How many of ``texts`` are distinct, how many items share their text with another item, and
     the size of the largest group of items with one text."""
