@@ -147,3 +147,27 @@ def test_notebook_runs_in_quick_mode(path, notebook_env, monkeypatch, tmp_path):
         assert widget, "the inspector widget was not displayed"
         assert "== Prompt inspector: user" in text and "-- hard prompt:" in text
     print(f"{path.name}: {time.time() - start:.0f} s in quick mode")
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("stem", ["01_data", "05_id_translation"])
+def test_notebook_runs_on_scientific_in_quick_mode(stem, shared_scientific_dir, monkeypatch, tmp_path):
+    """`papermill -p dataset scientific`: the notebook runs on the Scientific titles and says so."""
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("RAREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("RAREC_MIRROR", str(shared_scientific_dir.parent))
+    out = tmp_path / f"{stem}.ipynb"
+    papermill.execute_notebook(str(NB_DIR / f"{stem}.ipynb"), str(out), parameters={"quick": True, "dataset": "scientific"},
+                               kernel_name="python3", cwd=str(NB_DIR), progress_bar=False, execution_timeout=600)
+    nb = nbformat.read(out, as_version=4)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                     if o.output_type == "stream")
+    assert "real Amazon Industrial & Scientific from" in text and "Clothing" not in text
+    if stem == "01_data":
+        assert "Amazon Industrial & Scientific (scientific): 300 users" in text
+    else:
+        assert "item prompts:" in text and "cut to 72" in text  # the main job's Scientific item budget

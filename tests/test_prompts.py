@@ -84,3 +84,23 @@ def test_bad_budget_raises():
         P.id_translation_user(TEXTS, WordTokenizer(), budget=0)
     with pytest.raises(ValueError, match="k_recent"):
         P.hybrid_user(TEXTS, k_recent=-1)
+
+
+def test_budget_report_counts_kept_items_and_cut_titles():
+    tok = WordTokenizer()
+    # hybrid, k=2: BOS + "A customer recently bought:" (4) + 3 words per item ("- green sock") + "Recommend the next product." (4)
+    long_hist, short_hist = TEXTS, TEXTS[:1]
+    full = P.hybrid_user(long_hist, tok, 2)
+    assert full.tokens_needed == 1 + 4 + 3 + 3 + 4
+    cut = P.hybrid_user(long_hist, tok, 2, budget=12)  # only one recent item fits
+    one = P.hybrid_user(short_hist, tok, 2, budget=12)  # a 1-item history wants only 1, and fits
+    assert (cut.items_kept, one.items_kept) == (1, 1)
+    rep = P.budget_report([cut, one], wanted=[2, 1])
+    assert rep == {"prompts": 2, "tokens_needed": (15 + 12) / 2, "tokens_kept": 12.0,
+                   "over_budget_share": 0.5, "items_wanted": 1.5, "items_kept": 1.0, "lost_item_share": 0.5}
+    # item prompts: "Product: " + words; a budget of 4 keeps 2 of 4 words of one title, the other fits
+    items = [P.item_text_prompt("a b c d", tok, 4), P.item_text_prompt("e f", tok, 4)]
+    rep = P.budget_report(items)
+    assert rep["over_budget_share"] == 0.5 and rep["words_kept_share"] == 0.5
+    with pytest.raises(ValueError, match="tokenizer"):
+        P.budget_report([P.item_text_prompt("a b")])
