@@ -219,7 +219,7 @@ def test_load_prefers_the_raw_files_it_was_made_from_over_a_later_mirror(tmp_pat
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "mirror"))
     ds = data.load_dataset("scientific")
     assert [ds.item_ids[i] for i in ds.sequences[0]] == SEQUENCES["0"]  # not the mirror's reversed ones
-    assert ds.stats["source_dir"] == str(own)
+    assert ds.stats["source_dir"] == str(own.resolve())
 
 
 def test_cli_prepare_any_dataset_name(tmp_path, capsys):

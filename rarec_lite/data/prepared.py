@@ -315,7 +315,7 @@ def prepare(
         "format_version": FORMAT_VERSION,
         "dataset": key,
         "source_format": source.format,
-        "source_dir": str(source.directory),
+        "source_dir": str(source.directory.resolve()),
         "config": config,
         "inputs": inputs,
         **stats,
