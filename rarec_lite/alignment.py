@@ -498,6 +498,7 @@ class TwoTower(nn.Module):
             ``final`` (B, H) float32, or ``(final, [in_1, ..., in_L])`` with each (B, H) when
             ``per_layer``: ``in_l`` is the pooled input of layer ``l`` (``in_1`` the token embeddings).
         """
+        from rarec_lite.llm import pooling_exclusion
         from rarec_lite.prefix import forward_with_prefix, pool
 
         if len(texts) == 0:
@@ -508,10 +509,11 @@ class TwoTower(nn.Module):
             prefixes = [p.to(self.device, self.dtype) for p in self.alignment.prefixes(tower, id_emb, len(texts))]
             bias = self.alignment.prefix_bias(tower)
         hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias)
-        final = pool(hidden[-1], mask, how=self.pooling).float()
+        skip = pooling_exclusion(self.backbone, input_ids)  # a BOS attention sink stays out of the mean
+        final = pool(hidden[-1], mask, how=self.pooling, exclude=skip).float()
         if not per_layer:
             return final
-        return final, [pool(h, mask, how=self.pooling).float() for h in hidden[:-1]]
+        return final, [pool(h, mask, how=self.pooling, exclude=skip).float() for h in hidden[:-1]]
 
     def encode_users(self, prompts: Sequence[str], id_emb: torch.Tensor | None = None, per_layer: bool = False,
                      max_tokens: int | None = None):

@@ -64,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,14 +171,60 @@ def resolve_device(device: str = "auto") -> str:
     return str(device)
 
 
-def compute_dtype_for(device: str, quantization: str | None) -> torch.dtype:
-    """Activation dtype: fp32 on CPU and for full precision; on a GPU bf16 when supported else
-    fp16 for NF4, fp16 for int8 (LLM.int8() kernels want fp16)."""
+#: ``model_type`` values whose activations are known to overflow fp16 (inf, then NaN hidden states):
+#: the Qwen2 family (Qwen2, Qwen2.5; its MLP activations exceed fp16's 65,504 in deeper layers, the
+#: reason Qwen recommends bf16). On a GPU without native bf16 (a T4) their NF4 compute runs in fp32.
+FP16_OVERFLOW_FAMILIES = {"qwen2": "Qwen2/Qwen2.5 activations exceed the fp16 range (NaN hidden states)"}
+
+
+def gpu_has_native_bf16(device: str = "cuda") -> bool:
+    """True when the GPU computes bf16 natively: compute capability >= 8.0 (Ampere: A100, A10, L4,
+    RTX 30xx and later). A T4 (7.5) or V100 (7.0) only *emulates* bf16, slowly, although
+    ``torch.cuda.is_bf16_supported()`` says True there (it counts emulation by default); this
+    reads the capability itself, as ``is_bf16_supported(including_emulation=False)`` does.
+
+    Args:
+        device: ``"cuda"`` or ``"cuda:i"``.
+    """
+    index = torch.device(device).index
+    major, _minor = torch.cuda.get_device_capability(0 if index is None else index)
+    return major >= 8
+
+
+def compute_dtype_for(device: str, quantization: str | None, model_type: str | None = None) -> torch.dtype:
+    """Activation (compute) dtype of a backbone.
+
+    * CPU, or full precision anywhere: fp32.
+    * GPU, int8: fp16 (LLM.int8()'s kernels want fp16).
+    * GPU, NF4: bf16 when the GPU has it natively (:func:`gpu_has_native_bf16`: compute capability
+      >= 8), else fp16 (T4: fp16, as the README promises, never emulated bf16) -- except for a
+      family known to overflow fp16 (:data:`FP16_OVERFLOW_FAMILIES`), which then computes in fp32
+      (4-bit weights, fp32 activations: more activation memory, correct outputs), with a warning.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
+        quantization: ``"nf4"``, ``"int8"`` or ``None``.
+        model_type: the checkpoint's ``config.model_type`` (e.g. ``"qwen2"``), for the overflow guard.
+
+    Returns:
+        ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``.
+    """
     if quantization is None or not device.startswith("cuda"):
         return torch.float32
+    overflow = FP16_OVERFLOW_FAMILIES.get(str(model_type))
     if quantization == "int8":
+        if overflow:
+            warnings.warn(f"int8 computes in fp16 on a GPU, and {overflow}: use quantization='nf4' "
+                          "(bf16 or fp32 compute) for this model", stacklevel=2)
         return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if gpu_has_native_bf16(device):
+        return torch.bfloat16
+    if overflow:
+        warnings.warn(f"this GPU has no native bf16 (compute capability < 8) and {overflow} in fp16: "
+                      "computing in fp32 instead (4-bit weights kept; activations take 2x the memory)",
+                      stacklevel=2)
+        return torch.float32
+    return torch.float16
 
 
 def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
@@ -530,6 +577,41 @@ def untrainable_4bit_layers(model) -> list[str]:
     return bad
 
 
+def added_special_ids(tokenizer) -> list[int]:
+    """Ids of the special tokens the tokenizer adds to every text by itself (its post-processor):
+    ``[<|begin_of_text|>]`` for Llama-3.x (BOS), ``[<s>]`` for Mistral and the tiny LLaMA, ``[]``
+    for SmolLM2, Qwen2 and GPT-2 (they add none), ``[CLS, SEP]`` for BERT. Found by tokenizing an
+    empty text, so it is right for any tokenizer, with no list of names to keep."""
+    special = set(tokenizer.all_special_ids)
+    return sorted({int(i) for i in tokenizer("", add_special_tokens=True)["input_ids"]} & special)
+
+
+def pooling_exclusion(backbone: Backbone, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """Tokens mean pooling leaves out: the special tokens a causal LM's tokenizer added (a BOS).
+
+    Why: the BOS token of Llama-3.x (and Mistral) is an *attention sink*: every later token puts
+    much of its attention on it and its hidden state is huge and nearly the same for any text, so
+    averaging it into a mean-pooled sentence vector drags every vector towards one point. SmolLM2,
+    the course's offline model, adds no BOS (nothing changes for it). BERT encoders keep
+    Sentence-BERT's pooling, the mean over every token including ``[CLS]``/``[SEP]``: that is how
+    all-MiniLM-L6-v2 was trained, so ``None`` is returned for them.
+
+    Args:
+        backbone: the :class:`Backbone` whose tokenizer made ``input_ids``.
+        input_ids: ``(B, T)`` token ids (padding positions are masked by the attention mask anyway).
+
+    Returns:
+        ``(B, T)`` bool, True at the tokens to leave out of a mean; ``None`` when nothing is left
+        out (an encoder, or a tokenizer that adds no special token).
+    """
+    if not backbone.info.is_causal:
+        return None
+    ids = added_special_ids(backbone.tokenizer)
+    if not ids:
+        return None
+    return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+
+
 def base_model(model):
     """The transformer inside a ``*ForCausalLM`` (``.model`` for LLaMA, ``.transformer`` for GPT-2)."""
     return getattr(model, model.base_model_prefix, model)
@@ -579,15 +661,11 @@ def load_backbone(
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
     device = resolve_device(device)
-    compute_dtype = compute_dtype_for(device, quantization)
-    qconfig = _quantization_config(quantization, compute_dtype)
+    _quantization_config(quantization, torch.float32)  # bitsandbytes missing: say so before any load
     source, is_local = _resolve_source(name_or_path, seed)
-    if quantization == "nf4" and device == "cpu" and name_or_path in (SMOLLM2_NAME, MINILM_NAME):
+    prequantized = quantization == "nf4" and device == "cpu" and name_or_path in (SMOLLM2_NAME, MINILM_NAME)
+    if prequantized:
         source = str(ensure_nf4_cpu_copy(name_or_path))  # already quantized: no qconfig needed
-        qconfig = None
-        prequantized = True
-    else:
-        prequantized = False
 
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -603,6 +681,8 @@ def load_backbone(
             f"supported: {sorted(ARCHITECTURES)}"
         )
     is_causal = arch != "bert"
+    compute_dtype = compute_dtype_for(device, quantization, config.model_type)
+    qconfig = None if prequantized else _quantization_config(quantization, compute_dtype)
     if with_lm_head and not is_causal:
         raise ValueError(f"{name_or_path}: with_lm_head=True needs a causal LM, this is a {arch} encoder")
     total_layers = _truncate_layers(config, max_layers)

@@ -258,7 +258,8 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
     return tuple(out.hidden_states)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last",
+         exclude: torch.Tensor | None = None) -> torch.Tensor:
     """One vector per sequence from token states.
 
     Args:
@@ -266,12 +267,16 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") 
         attention_mask: ``(B, T)``, 1 for real tokens, right-padded (real tokens first).
         how: ``"last"``, the state of the last real token (causal LMs: it has read the whole
             text); ``"mean"``, the mean over real tokens (Sentence-BERT's pooling).
+        exclude: optional ``(B, T)`` bool, True at real tokens to leave out of a ``"mean"`` (the
+            BOS of a Llama-3 tokenizer: :func:`rarec_lite.llm.pooling_exclusion`). A row whose real
+            tokens are all excluded keeps them all. ``"last"`` ignores it.
 
     Returns:
         ``(B, H)``.
 
     Raises:
-        ValueError: unknown ``how``, a row without real tokens, or a left-padded mask.
+        ValueError: unknown ``how``, a row without real tokens, a left-padded mask, or an
+            ``exclude`` of another shape.
     """
     if hidden.shape[:2] != attention_mask.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and attention_mask {tuple(attention_mask.shape)} disagree on (B, T)")
@@ -285,6 +290,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") 
     if how == "last":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
     if how == "mean":
+        if exclude is not None:
+            if exclude.shape != attention_mask.shape:
+                raise ValueError(f"exclude {tuple(exclude.shape)} and attention_mask {tuple(m.shape)} differ")
+            kept = m * (~exclude.to(m.device)).long()
+            m = torch.where(kept.sum(dim=1, keepdim=True) > 0, kept, m)
         w = m.to(hidden.dtype).unsqueeze(-1)
         return (hidden * w).sum(dim=1) / w.sum(dim=1)
     raise ValueError(f"how={how!r}: expected 'last' or 'mean'")

@@ -178,6 +178,7 @@ def test_smollm2_nf4_generates_real_text(session_home, monkeypatch):
     assert 130e6 < info.num_parameters < 140e6
     assert info.weight_bytes < 0.4 * 4 * info.num_parameters  # NF4 well below fp32
     assert not any(p.requires_grad for p in bb.lm.parameters())
+    assert llm.added_special_ids(bb.tokenizer) == []  # SmolLM2 adds no BOS: mean pooling is unchanged for it
     enc = bb.tokenizer(["The capital of France is"], return_tensors="pt")
     with torch.no_grad():
         out = bb.lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
@@ -264,3 +265,60 @@ def test_ensure_trainable_4bit_path_leaves_other_models_alone():
     before = [p.clone() for p in bb.model.parameters()]
     assert llm.ensure_trainable_4bit_path(bb.model) == 0
     assert all(torch.equal(a, b) for a, b in zip(before, bb.model.parameters()))
+
+
+# ----------------------------------------------------------------------------- GPU compute dtype (mocked GPUs)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA device whose compute capability the test sets; ``torch.cuda.is_bf16_supported`` says
+    True as it does on a T4 (emulation counts), so a gate that trusted it would pick bf16."""
+    state = {"capability": (7, 5)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state["capability"])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    return state
+
+
+@pytest.mark.parametrize("capability,model_type,want", [
+    ((7, 5), "llama", torch.float16),   # T4: fp16, never emulated bf16
+    ((7, 0), "llama", torch.float16),   # V100
+    ((8, 0), "llama", torch.bfloat16),  # A100
+    ((8, 9), "qwen2", torch.bfloat16),  # L4: bf16 has fp32's range, Qwen2 is fine
+    ((9, 0), None, torch.bfloat16),     # H100
+    ((7, 5), "qwen2", torch.float32),   # T4 + Qwen2: fp16 overflows -> fp32 compute
+])
+def test_nf4_compute_dtype_follows_the_compute_capability(fake_gpu, capability, model_type, want, recwarn):
+    fake_gpu["capability"] = capability
+    assert llm.compute_dtype_for("cuda", "nf4", model_type) == want
+    warned = [str(w.message) for w in recwarn.list]
+    if want == torch.float32:
+        assert len(warned) == 1 and "fp16" in warned[0] and "fp32" in warned[0] and "Qwen2" in warned[0]
+    else:
+        assert warned == []
+
+
+def test_compute_dtype_cpu_full_precision_and_int8(fake_gpu):
+    fake_gpu["capability"] = (9, 0)
+    assert llm.compute_dtype_for("cpu", "nf4", "qwen2") == torch.float32
+    assert llm.compute_dtype_for("cuda", None, "llama") == torch.float32
+    assert llm.compute_dtype_for("cuda:0", "int8", "llama") == torch.float16
+    with pytest.warns(UserWarning, match="int8 computes in fp16"):
+        assert llm.compute_dtype_for("cuda", "int8", "qwen2") == torch.float16
+
+
+def test_gpu_capability_is_read_for_the_named_device(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or (8, 6))
+    assert llm.gpu_has_native_bf16("cuda:1") and llm.gpu_has_native_bf16("cuda")
+    assert asked == [1, 0]
+
+
+def test_load_backbone_passes_the_model_family_to_the_dtype_gate(monkeypatch):
+    """load_backbone reads config.model_type before choosing the compute dtype (the overflow guard needs it)."""
+    seen = []
+    real = llm.compute_dtype_for
+    monkeypatch.setattr(llm, "compute_dtype_for", lambda d, q, t=None: seen.append((d, q, t)) or real(d, q, t))
+    bb = load_backbone("tiny-gpt2", quantization="nf4", device="cpu")
+    assert seen == [("cpu", "nf4", "gpt2")] and bb.info.compute_dtype == "float32"
