@@ -20,7 +20,36 @@ One module per idea of the course:
 ``rarec_lite.pipeline``   the end-to-end comparison behind ``rarec-lite pipeline``
 ``rarec_lite.plots``      course figures
 ``rarec_lite.inspector``  the ipywidgets prompt inspector
+``rarec_lite.progress``   progress bars that end finished in a saved notebook
 ========================  ==========================================================
 """
 
 __version__ = "0.1.0"
+
+
+def _silence_the_unused_bnb_kernel_message() -> None:
+    """Drop exactly one log message of bitsandbytes, and nothing else it says.
+
+    On CPUs with AVX512-BF16, importing bitsandbytes (0.50) tries to fetch a faster fused
+    ``gemm_4bit_forward`` kernel for its bf16 inference path from the Hugging Face hub package
+    ``kernels`` and logs "Failed to load CPU gemm_4bit_forward from kernels-community: No module
+    named 'kernels' ..." when it cannot. The course never takes that path:
+    :func:`rarec_lite.llm.ensure_trainable_4bit_path` switches every 4-bit layer to the
+    autograd-safe one (the fused kernel has no gradient), so installing ``kernels`` would not help
+    and the message, a red box in every notebook that loads NF4, only alarms. The filter sits on
+    bitsandbytes' own CPU-backend logger (created here if bitsandbytes is not imported yet).
+    """
+    import logging
+
+    prefix = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+    class _DropUnusedKernelMessage(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(prefix)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(type(f).__name__ == "_DropUnusedKernelMessage" for f in logger.filters):
+        logger.addFilter(_DropUnusedKernelMessage())
+
+
+_silence_the_unused_bnb_kernel_message()

@@ -539,7 +539,7 @@ class TwoTower(nn.Module):
             ``final`` (N, H) float32, or ``(final, layers (N, L, H) in layer_dtype)`` when
             ``per_layer`` (float16 by default: 23,033 items x 8 layers x 576 = 0.2 GB).
         """
-        from tqdm.auto import tqdm
+        from rarec_lite.progress import tqdm
 
         n = len(texts)
         if id_emb is not None and id_emb.shape[0] != n:

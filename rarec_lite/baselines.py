@@ -83,7 +83,7 @@ def tokenize(text: str) -> list[str]:
 
 
 class ItemTextKNN:
-    """Item-text nearest neighbours over TF-IDF vectors (needs scipy, which numpy users have).
+    """Item-text nearest neighbours over TF-IDF vectors (scipy sparse matrices; scipy is a declared dependency).
 
     Args:
         k_recent: how many of the user's most recent items form its profile.

@@ -83,6 +83,10 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.dataset)
     cfg = {f.name: getattr(args, f.name) for f in dataclasses.fields(SASRecConfig)}
+    print(f"train-sasrec on {args.dataset} ({dataset.num_users:,} users, {dataset.num_items:,} items): up to "
+          f"{args.epochs} epochs (--epochs), stopping early after {args.patience} epochs without a better "
+          f"validation NDCG@10 (--patience); the best epoch is kept. One line per finished epoch; a finished run "
+          "with the same data and settings is reused, and Ctrl-C then the same command resumes.", flush=True)
     if args.out:
         run = train_sasrec(dataset, Path(args.out), **cfg)
     else:  # the shared cache: the pipeline and the notebooks reuse this run when they ask for the same model
@@ -119,14 +123,31 @@ DATASET_HELP = ("a category of the 2014/2018/2023 Amazon releases: a short alias
                 "list: rarec_lite/data/categories.tsv")
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` ends each option's line with ``(default: X)``, unless the help text already says
+    what its default is (a default that is computed, such as ``$RAREC_HOME/...``) or it is an off
+    switch (``store_true``)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from rarec_lite import __version__
+
+    defaults = _HelpWithDefaults  # every --help shows each option's default
     parser = argparse.ArgumentParser(
-        prog="rarec-lite",
+        prog="rarec-lite", formatter_class=defaults,
         description="RA-Rec course: data, SASRec, LLM backbones and the three paradigms.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="read raw Amazon files and write a processed, leave-one-out dataset")
+    p = sub.add_parser("prepare", help="read raw Amazon files and write a processed, leave-one-out dataset",
+                       formatter_class=defaults)
     p.add_argument("--dataset", default="cloth", help=DATASET_HELP + " (default: cloth)")
     p.add_argument("--raw-dir", default=None, help="raw files or a mirror (default: $RAREC_MIRROR, then the download dir)")
     p.add_argument("--out", default=None, help="output dir (default: $RAREC_HOME/processed/<dataset key>)")
@@ -135,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train-sasrec", help="train the SASRec ID encoder and export its embeddings",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=defaults,
                        description="Train SASRec on split.train (s[:-2]), early-stop on the validation items "
                                    "(s[-2]), test on s[-1], full ranking over all items with the history masked. "
                                    "The defaults are rarec_lite.sasrec.SASRecConfig, the best measured on Clothing.")
@@ -152,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=choices.get(f.name), help=SASREC_HELP.get(f.name, f.name))
     p.set_defaults(func=_cmd_train_sasrec)
 
-    p = sub.add_parser("pipeline", help="prepare, SASRec, every paradigm and the evaluation, resumable")
+    p = sub.add_parser("pipeline", help="prepare, SASRec, every paradigm and the evaluation, resumable",
+                       formatter_class=defaults)
     p.add_argument("--config", default="cpu-quick", help="a name in configs/ (e.g. cpu-quick) or a path to a .toml")
     p.add_argument("--out", default=".", help="results go to OUT/results/<config name>/ "
                                               "(OUT/results/<config name>-<dataset>/ with --dataset)")
@@ -161,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "[budgets.<dataset>] token budgets apply when it has them")
     p.add_argument("--add-methods", default=None, metavar="M1,M2",
                    help="comma-separated methods to run after the config's own (finished ones are reused), "
-                        "e.g. the RA-Rec ablations on a finished run")
+                        "e.g. the RA-Rec ablations on a finished run (default: only the config's own)")
     p.set_defaults(func=_cmd_pipeline)
     return parser
 

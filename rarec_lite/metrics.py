@@ -595,7 +595,7 @@ def evaluate(
 
     starts = range(0, len(targets), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from rarec_lite.progress import tqdm
 
         starts = tqdm(starts, desc=f"evaluate ({protocol})", unit="batch")
     greater = np.empty(len(targets), dtype=np.int64)

@@ -565,7 +565,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         ValueError: an unknown config field or loss, or a checkpoint in ``out_dir`` written
             with a different config (names the file and the field).
     """
-    from tqdm.auto import tqdm
+    from rarec_lite.progress import tqdm
 
     unknown = set(cfg) - set(SASRecConfig.__dataclass_fields__)
     if unknown:

@@ -392,7 +392,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         RuntimeError: a backbone parameter would be optimised (it must be frozen), or the
             gradient guard fails (:func:`check_gradients`).
     """
-    from tqdm.auto import tqdm
+    from rarec_lite.progress import tqdm
 
     alignment = tower.alignment
     n = len(samples)

