@@ -98,6 +98,8 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
     """
     import torch
 
+    from rarec_lite.llm import gpu_has_native_bf16
+
     if force_cpu is None:
         force_cpu = bool(os.environ.get("RAREC_FORCE_CPU"))
     colab = on_colab()
@@ -107,8 +109,10 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
         gib = props.total_memory / 2**30
         hw = Hardware(
             "cuda", "nf4", props.name, round(gib, 1), cpus, colab,
-            f"found GPU {props.name} ({gib:.1f} GiB): the frozen LLM is loaded on it in 4 bits (NF4), "
-            "so a 135M model takes ~0.1 GB and even a 7B model fits a 16 GB card.",
+            f"found GPU {props.name} ({gib:.1f} GiB, compute capability {props.major}.{props.minor}): the frozen "
+            "LLM is loaded on it in 4 bits (NF4), so a 135M model takes ~0.1 GB and even a 7B model fits a 16 GB "
+            "card; activations in " + ("bf16." if gpu_has_native_bf16("cuda") else
+                                       "fp16 (no native bf16 below compute capability 8; fp32 for Qwen2 models)."),
         )
     else:
         why = "RAREC_FORCE_CPU is set" if force_cpu and torch.cuda.is_available() else "no GPU found"
@@ -120,7 +124,7 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
             + (" On Colab: Runtime > Change runtime type > T4 GPU." if colab else ""),
         )
     if verbose:
-        print(f"device: {hw.device} | LLM weights: {hw.quantization or 'full precision'}"
+        print(f"device: {hw.device} | LLM weights in full mode: {hw.quantization or 'full precision'}"
               f"{' | Colab' if colab else ''}\n  {hw.reason}")
     return hw
 
@@ -172,39 +176,142 @@ class CourseSettings:
         return out
 
 
-def find_raw(dataset: str = "cloth") -> Path | None:
-    """The directory holding the real raw files of ``dataset``, or ``None``.
+def locate_raw(dataset: str = "cloth") -> tuple[Path | None, str]:
+    """The directory holding the real raw files of ``dataset``, and how it was found.
 
     Any layout that :func:`rarec_lite.data.detect_raw_source` reads counts (the 2014/2018/2023 files
     that ``data_download.sh`` fetches, the LC-Rec ``<Name>.inter.json`` layout, or the OpenP5
-    ``user_sequence.txt`` layout). Looks in ``$RAREC_MIRROR`` (its ``amazon_<key>``/``<key>`` sub-folders,
-    then its top level), the download dir ``$RAREC_HOME/raw/<key>``, and then
+    ``user_sequence.txt`` layout). Looks in ``$RAREC_MIRROR`` (:func:`rarec_lite.paths.mirror`: a relative
+    path not found from the working directory is read from the repository root; its ``amazon_<key>``/``<key>``
+    sub-folders, then its top level), the download dir ``$RAREC_HOME/raw/<key>``, and then
     ``../shared/data/amazon_<key>`` relative to the working directory and to the repository.
     ``RAREC_COURSE_DATA=toy`` makes it return ``None`` (the notebooks then use the toy dataset).
+
+    Returns:
+        ``(path or None, origin)``: ``origin`` is one sentence for the notebook to print, e.g.
+        ``"$RAREC_MIRROR=../shared/data, read from the repository root /path"``, or why nothing was found
+        (a ``$RAREC_MIRROR`` that names no directory is mentioned either way).
 
     Raises:
         ValueError: an unknown dataset name (with the closest names).
     """
     from rarec_lite import paths
-    from rarec_lite.data import dataset_key, detect_raw_source
+    from rarec_lite.data import dataset_key, detect_raw_source, label
 
     key = dataset_key(dataset)
-    if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy" or key == "toy":
-        return None
-    candidates: list[tuple[Path, bool]] = []
-    mirror = os.environ.get("RAREC_MIRROR")
-    if mirror:
-        candidates += [(Path(mirror) / f"amazon_{key}", True), (Path(mirror) / key, True),
-                       (Path(mirror), Path(mirror).name in (f"amazon_{key}", key))]
-    candidates.append((paths.raw_dir(key), True))
+    if key == "toy":
+        return None, "the toy dataset was asked for"
+    if os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy":
+        return None, "RAREC_COURSE_DATA=toy is set"
+    candidates: list[tuple[Path, bool, str]] = []
+    value = os.environ.get("RAREC_MIRROR")
+    note = ""
+    try:
+        mirror = paths.mirror()
+    except FileNotFoundError as exc:
+        mirror, note = None, f"; note: {exc}"
+    if mirror is not None:
+        how = f"$RAREC_MIRROR={value}"
+        if not Path(value).expanduser().is_dir():
+            how += f", read from the repository root {paths.REPO_ROOT}"
+        candidates += [(mirror / f"amazon_{key}", True, how), (mirror / key, True, how),
+                       (mirror, mirror.name in (f"amazon_{key}", key), how)]
+    candidates.append((paths.raw_dir(key), True, f"the download directory $RAREC_HOME/raw/{key} (data_download.sh)"))
     repo = Path(__file__).resolve().parents[1]
     for base in (Path.cwd(), Path.cwd().parent, repo):
-        candidates.append((base.parent / "shared" / "data" / f"amazon_{key}", True))
-    for path, own in candidates:
+        candidates.append((base.parent / "shared" / "data" / f"amazon_{key}", True, "the course machines' ../shared/data"))
+    for path, own, how in candidates:
         found = detect_raw_source(path, key, any_name=own)
         if found is not None and (own or found.format != "openp5"):
-            return path.resolve()
-    return None
+            return path.resolve(), how + note
+    return None, f"real {label(key)} not found" + note
+
+
+def find_raw(dataset: str = "cloth") -> Path | None:
+    """The directory of :func:`locate_raw` (``None`` when the real data is not found).
+
+    Raises:
+        ValueError: an unknown dataset name (with the closest names).
+    """
+    return locate_raw(dataset)[0]
+
+
+#: The host the course's downloader fetches the 2014 files from (``data_download.sh``).
+DOWNLOAD_HOST = "snap.stanford.edu"
+
+
+def network_reachable(host: str = DOWNLOAD_HOST, port: int = 80, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host:port`` opens within ``timeout`` seconds
+    (``$RAREC_DOWNLOAD_BASE``, the downloader's own override, names the host when set)."""
+    import socket
+
+    if os.environ.get("RAREC_DOWNLOAD_BASE"):  # the downloader's own override (a local mirror server)
+        from urllib.parse import urlsplit
+
+        url = urlsplit(os.environ["RAREC_DOWNLOAD_BASE"])
+        host, port = url.hostname or host, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def should_fetch_raw(found: Path | None, quick: bool, dataset: str = "cloth", colab: bool | None = None,
+                     network: bool | None = None) -> bool:
+    """Whether the course should download the real data itself.
+
+    Only when it is missing, the dataset is not the toy set, ``RAREC_COURSE_DATA`` is not ``toy``,
+    the run is in full mode (quick mode is the minute-long pass: it uses the toy set rather than wait
+    for a download), and the internet is there: always on Colab, elsewhere when
+    :func:`network_reachable` says so.
+
+    Args:
+        found: what :func:`find_raw` returned.
+        colab, network: for tests; default :func:`on_colab` and :func:`network_reachable` (asked
+            only when needed: not on Colab).
+    """
+    if found is not None or quick or dataset == "toy" or os.environ.get("RAREC_COURSE_DATA", "").lower() == "toy":
+        return False
+    if on_colab() if colab is None else colab:
+        return True
+    return network_reachable() if network is None else network
+
+
+def fetch_raw(dataset: str = "cloth") -> Path:
+    """Download ``dataset``'s raw files with the course's own downloader, ``data_download.sh``.
+
+    The script ships inside the package (``rarec_lite/data_download.sh``; ``data_download.sh`` at
+    the top of the repository is a link to it), so an installed course (Colab) has it too. It puts
+    the files in ``$RAREC_HOME/raw/<key>``: on Colab that is ``~/.cache/rarec-lite``, which lasts as
+    long as the runtime, so the next notebook finds them there (:func:`locate_raw`) instead of
+    downloading again; a finished file is skipped and a broken download resumes.
+
+    Returns:
+        ``paths.raw_dir(key)``.
+
+    Raises:
+        RuntimeError: the download failed (the script's own message, e.g. offline, is included).
+        ValueError: an unknown dataset name.
+    """
+    import subprocess
+
+    from rarec_lite import paths
+    from rarec_lite.data import dataset_key, label
+
+    key = dataset_key(dataset)
+    script = Path(__file__).with_name("data_download.sh")
+    dest = paths.raw_dir(key)
+    print(f"downloading the real {label(key)} data with the course's downloader ({script.name}) into "
+          f"{dest} (kept for this runtime; the next notebook reuses it)", flush=True)
+    env = {**os.environ, "RAREC_HOME": str(paths.home())}
+    env.pop("RAREC_MIRROR", None)  # a mirror would have been found already: download
+    proc = subprocess.run(["bash", str(script), "--dataset", key, "--dest", str(dest)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    print(proc.stdout.strip())
+    return dest
 
 
 def find_raw_cloth() -> Path | None:
@@ -258,7 +365,13 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
                               max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None,
                               pooling=main["llm"]["pooling"] or None, standardize=main["llm"]["standardize"])
     key = dataset_key(dataset)
-    base = replace(base, raw_dir=find_raw(key), dataset=key)
+    raw, origin = locate_raw(key)
+    if should_fetch_raw(raw, quick, key):
+        try:
+            raw, origin = fetch_raw(key), f"downloaded just now by data_download.sh into $RAREC_HOME/raw/{key}"
+        except RuntimeError as exc:
+            origin = f"the download failed, so the toy data is used: {exc}"
+    base = replace(base, raw_dir=raw, dataset=key, extra={**base.extra, "data_origin": origin})
     if overrides:
         names = set(CourseSettings.__dataclass_fields__)
         bad = sorted(set(overrides) - names)
@@ -271,11 +384,14 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight over shared CPUs)
     if verbose:
         mode = "QUICK mode (tiny random model, small slice, few steps)" if quick else "FULL mode"
-        data = (f"real {label(base.dataset)} from {base.raw_dir}" if base.raw_dir else
-                "synthetic toy data" + ("" if base.dataset == "toy" else f" (real {label(base.dataset)} not found)"))
         users = "all users" if base.max_users is None else f"{base.max_users} users"
-        print(f"{mode}\n  data: {data}, {users}\n  backbone: {base.backbone} "
-              f"({base.quantization or 'full precision'}) on {base.device}\n"
+        data = (f"real {label(base.dataset)} from {base.raw_dir}, {users}" if base.raw_dir
+                else f"synthetic toy data, {users}")
+        precision = base.quantization or "full precision, fp32"
+        if quick and hw.quantization and not base.quantization:
+            precision += f"; quick mode never quantizes its tiny model, full mode would load {hw.quantization}"
+        print(f"{mode}\n  data: {data}\n  data source: {base.extra.get('data_origin', '')}\n"
+              f"  backbone: {base.backbone} ({precision}) on {base.device}\n"
               f"  SASRec epochs: {base.sasrec_epochs} | alignment steps: {base.align_steps} "
               f"| eval users: {base.eval_users or 'all'}")
     return base

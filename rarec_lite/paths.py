@@ -8,7 +8,9 @@ Nothing here lives inside the git checkout. Two environment variables steer it:
 ``RAREC_MIRROR``
     A local directory that replaces the internet for the raw data (a classroom mirror, or
     ``../shared/data`` on the course machines). Every command that needs raw data honours it;
-    a ``--mirror``/``--raw-dir`` flag wins over it.
+    a ``--mirror``/``--raw-dir`` flag wins over it. A relative path is read from the working
+    directory, and when nothing is there, from the repository root (so the README's
+    ``RAREC_MIRROR=../shared/data`` also works from ``notebooks/``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import os
 from pathlib import Path
 
 DATASETS = ("cloth", "book")
+#: The checkout's root (``rarec_lite/..``): where relative ``$RAREC_MIRROR`` paths are also looked for.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def home() -> Path:
@@ -27,18 +31,25 @@ def home() -> Path:
 
 
 def mirror() -> Path | None:
-    """The local raw-data mirror named by ``$RAREC_MIRROR``, or ``None``.
+    """The local raw-data mirror named by ``$RAREC_MIRROR`` (an absolute path), or ``None``.
+
+    A relative value is taken from the working directory when it exists there, else from
+    :data:`REPO_ROOT` (the README writes ``RAREC_MIRROR=../shared/data`` from the repository root,
+    and a notebook runs in ``notebooks/``).
 
     Raises:
-        FileNotFoundError: the variable is set but the directory does not exist.
+        FileNotFoundError: the variable is set but names no directory (both places are named).
     """
     value = os.environ.get("RAREC_MIRROR")
     if not value:
         return None
     path = Path(value).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"RAREC_MIRROR={value!r} is not a directory")
-    return path
+    if path.is_dir():
+        return path.resolve()
+    if not path.is_absolute() and (REPO_ROOT / path).is_dir():
+        return (REPO_ROOT / path).resolve()
+    tried = str(path) if path.is_absolute() else f"neither {Path.cwd() / path} nor {REPO_ROOT / path}"
+    raise FileNotFoundError(f"RAREC_MIRROR={value!r} is not a directory ({tried})")
 
 
 def raw_dir(dataset: str) -> Path:

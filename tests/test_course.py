@@ -4,6 +4,7 @@ a hint), the figure functions, and the metrics.json readers."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     assert hw.device == "cpu" and hw.quantization is None and "CPU" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "nothing"))
-    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)
+    monkeypatch.setattr(course, "locate_raw", lambda dataset="cloth": (None, "real data not found"))
+    monkeypatch.setattr(course, "network_reachable", lambda *a, **k: False)  # full mode would download else
     threads = torch.get_num_threads()
     try:
         q = course.settings(True, hw)
@@ -29,7 +31,7 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "QUICK mode" in out and "synthetic toy data" in out
+    assert "QUICK mode" in out and "synthetic toy data" in out and "data source: real data not found" in out
     f = course.settings(False, hw, verbose=False, eval_users=10)
     assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", None, None, 10)
     assert (q.pooling, q.standardize) == (f.pooling, f.standardize) == ("mean", True)  # as in cpu-quick
@@ -93,6 +95,119 @@ def test_find_raw_cloth_sees_what_data_download_fetches(monkeypatch, tmp_path):
     assert course.find_raw_cloth() == raw.resolve()
 
 
+def test_relative_mirror_is_read_from_the_repository_root(monkeypatch, tmp_path, capsys):
+    """RAREC_MIRROR=../shared/data as the README writes it (from the repository root) works from notebooks/."""
+    from rarec_lite import paths
+
+    repo = tmp_path / "work" / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    cloth = tmp_path / "work" / "shared" / "data" / "amazon_cloth"
+    cloth.mkdir(parents=True)
+    (cloth / "user_sequence.txt").write_text("A B0 B1 B2 B3 B4\n")
+    monkeypatch.setattr(paths, "REPO_ROOT", repo)
+    monkeypatch.setenv("RAREC_MIRROR", "../shared/data")
+    monkeypatch.chdir(repo)  # from the root: the path itself
+    assert paths.mirror() == cloth.parent
+    monkeypatch.chdir(repo / "notebooks")  # ../shared/data is not there: the repository root is asked
+    assert not Path("../shared/data").exists() and paths.mirror() == cloth.parent
+    monkeypatch.setattr(course, "__file__", str(tmp_path / "elsewhere" / "rarec_lite" / "course.py"))
+    found, origin = course.locate_raw()
+    assert found == cloth and origin == f"$RAREC_MIRROR=../shared/data, read from the repository root {repo}"
+    monkeypatch.setenv("RAREC_MIRROR", "../nothing/here")
+    with pytest.raises(FileNotFoundError, match=r"neither .*notebooks/\.\./nothing/here nor .*repo/\.\./nothing/here"):
+        paths.mirror()
+    found, origin = course.locate_raw()  # the data beside the checkout is still found, and the bad variable named
+    assert found == cloth and origin.startswith("the course machines' ../shared/data; note: RAREC_MIRROR='../nothing/here'")
+
+
+@pytest.mark.parametrize("found,quick,colab,network,toy,want", [
+    (None, False, True, False, False, True),     # Colab, data missing: fetch (Colab is online)
+    (None, False, False, True, False, True),     # a laptop online: fetch
+    (None, False, False, False, False, False),   # offline: toy data
+    (None, True, True, True, False, False),      # quick mode never waits for a download
+    ("x", False, True, True, False, False),      # found: nothing to do
+    (None, False, True, True, True, False),      # RAREC_COURSE_DATA=toy wins
+])
+def test_data_fetch_decision(monkeypatch, found, quick, colab, network, toy, want):
+    monkeypatch.setattr(course, "on_colab", lambda: colab)
+    asked = []
+    monkeypatch.setattr(course, "network_reachable", lambda *a, **k: asked.append(1) or network)
+    if toy:
+        monkeypatch.setenv("RAREC_COURSE_DATA", "toy")
+    else:
+        monkeypatch.delenv("RAREC_COURSE_DATA", raising=False)
+    assert course.should_fetch_raw(Path(found) if found else None, quick) is want
+    assert len(asked) == (1 if (found is None and not quick and not toy and not colab) else 0)  # Colab: no probe
+
+
+def test_full_mode_on_colab_downloads_with_the_course_downloader(monkeypatch, tmp_path, capsys):
+    """Colab, no data: settings() runs rarec_lite/data_download.sh against a local server standing in for
+    SNAP; the files land in $RAREC_HOME/raw/cloth, the notebook says so, and the next notebook reuses them."""
+    import gzip
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if shutil.which("bash") is None or shutil.which("curl") is None and shutil.which("wget") is None:
+        pytest.skip("data_download.sh needs bash and curl or wget")
+    cat = "Clothing_Shoes_and_Jewelry"
+    files = {f"reviews_{cat}_5.json.gz": gzip.compress(b'{"reviewerID": "u", "asin": "a", "unixReviewTime": 1}\n'),
+             f"meta_{cat}.json.gz": gzip.compress(b"{'asin': 'a', 'title': 'hat'}\n")}
+    served = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.lstrip("/")
+            served.append(name)
+            body = files.get(name)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("RAREC_DOWNLOAD_BASE", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("RAREC_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+        monkeypatch.delenv("RAREC_MIRROR", raising=False)
+        monkeypatch.delenv("RAREC_COURSE_DATA", raising=False)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(course, "__file__", str(Path(course.__file__)))  # the real package: its downloader
+        monkeypatch.setattr(course, "locate_raw", _without_shared(course.locate_raw, tmp_path))
+        hw = course.Hardware("cpu", None, None, None, 2, True, "test")
+        assert course.network_reachable()  # the probe asks the download host (here: the local server)
+        cfg = course.settings(False, hw)
+        raw = tmp_path / "home" / "raw" / "cloth"
+        assert cfg.raw_dir == raw and sorted(served) == sorted(files)
+        assert all((raw / name).read_bytes() == body for name, body in files.items())
+        out = capsys.readouterr().out
+        assert "downloading the real Amazon Clothing, Shoes & Jewelry data with the course's downloader (data_download.sh)" in out
+        assert "data source: downloaded just now by data_download.sh into $RAREC_HOME/raw/cloth" in out
+        served.clear()
+        again = course.settings(False, hw)  # the next notebook of the same runtime: found, no download
+        assert again.raw_dir == raw and served == []
+        assert "data source: the download directory $RAREC_HOME/raw/cloth" in capsys.readouterr().out
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _without_shared(locate, tmp_path):
+    """locate_raw as if this checkout had no ../shared/data beside it."""
+    def wrapped(dataset="cloth"):
+        found, origin = locate(dataset)
+        return (None, "real Clothing not found") if found and tmp_path not in found.parents else (found, origin)
+    return wrapped
+
+
 def test_colab_helpers(monkeypatch):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     assert not course.on_colab() and course.enable_colab_widgets() is False
@@ -104,7 +219,8 @@ def test_colab_helpers(monkeypatch):
 
 
 def test_quick_dataset_falls_back_to_toy(monkeypatch):
-    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)
+    monkeypatch.setattr(course, "locate_raw", lambda dataset="cloth": (None, "real data not found"))
+    monkeypatch.setattr(course, "network_reachable", lambda *a, **k: False)  # full mode would download else
     cfg = course.settings(True, verbose=False, max_users=50)
     ds = course.load_course_dataset(cfg)
     assert ds.name == "toy" and ds.num_users == 50
@@ -376,7 +492,7 @@ def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatc
     from rarec_lite import pipeline
 
     monkeypatch.setenv("RAREC_HOME", str(tmp_path))
-    monkeypatch.setattr(course, "find_raw", lambda dataset="cloth": None)  # no real data: the toy set
+    monkeypatch.setattr(course, "locate_raw", lambda dataset="cloth": (None, "test: no real data"))  # the toy set
     cfg = course.settings(True, verbose=False, max_users=60, eval_users=20, sasrec_epochs=1)
     exp = course.experiment(cfg)
     assert isinstance(exp, pipeline.Experiment)
@@ -416,7 +532,7 @@ def test_experiment_reads_the_raw_dir_the_notebook_found(shared_cloth_dir, monke
     import os
 
     monkeypatch.delenv("RAREC_MIRROR", raising=False)
-    monkeypatch.setattr(course, "find_raw_cloth", lambda: shared_cloth_dir)
+    monkeypatch.setattr(course, "locate_raw", lambda dataset="cloth": (shared_cloth_dir, "test: the shared mirror"))
     cfg = course.settings(True, verbose=False, max_users=40, eval_users=10, sasrec_epochs=1)
     exp = course.experiment(cfg)
     assert "RAREC_MIRROR" not in os.environ
