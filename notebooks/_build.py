@@ -338,7 +338,8 @@ some = np.arange(min(ds.num_users, 500))
 lens = np.array([len(split.test_history[u]) for u in some])
 toks = np.array([prompts.id_direct_user(u, split.test_history[u], bb.tokenizer).tokens_needed for u in some])
 xs = np.unique(lens)
-plots.tokens_vs_history(xs, [toks[lens == x].mean() for x in xs], bb.info.max_position, label="ID Direct prompt");'''),
+plots.tokens_vs_history(xs, [toks[lens == x].mean() for x in xs], bb.info.max_position, label="ID Direct prompt",
+                        logy=True);  # log axis: the window is far above these prompts'''),
     md("## 2. Zero-shot two-tower ranking\nUser tower: the ID Direct prompt; item tower: `\"Item 402\"`. Scores "
        "are dot products of the final hidden states, averaged over the prompt's tokens and standardised with "
        "fixed statistics of item states (`course.two_tower`: an `alignment.TwoTower` without an alignment "
@@ -512,7 +513,10 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 for ax, (name, f) in zip(axes, [("history length", lambda s: len(s.history)), ("target popularity", lambda s: pop[s.target])]):
     ax.hist([f(s) for s in plain], bins=30, density=True, alpha=0.5, label="random pairs")
     ax.hist([f(s) for s in chosen], bins=30, density=True, alpha=0.5, label="denoised + diversified")
-    ax.set_xscale("symlog"); ax.set_title(name); ax.legend()'''),
+    ax.set_xscale("symlog"); ax.set_title(name); ax.legend()
+    ax.set_xlabel({"history length": "items in the history (symlog scale)",
+                   "target popularity": "training interactions of the target item (symlog scale)"}[name])
+    ax.set_ylabel("density (share of pairs per unit)")'''),
     md("## 3. Step 0: training starts from the zero-shot model\nThe alignment starts with its **gate closed**: every "
        "soft-prompt slot's attention logit gets a bias of -20, so the text attends to the untrained, random "
        "prefix with weight about `exp(-20)`, i.e. not at all. The untrained towers therefore rank like the zero-shot "
@@ -580,8 +584,13 @@ def info_nce(a, b, temperature):
 
 exercises.check_bpr_loss(bpr)
 exercises.check_info_nce(info_nce)
-x, y = torch.randn(6, 5), torch.randn(6, 5)
-print("package:", float(losses.bpr_loss(x, y)), float(losses.info_nce(x, y, 0.1)))'''),
+x, y = torch.randn(6, 5), torch.randn(6, 5)  # one random batch of 6 users / items, 5 dimensions
+print(f"the package on this batch: BPR {float(losses.bpr_loss(x, y)):.4f} nats, "
+      f"InfoNCE (t = 0.1) {float(losses.info_nce(x, y, 0.1)):.4f} nats")
+try:
+    print(f"yours on this batch      : BPR {float(bpr(x, y)):.4f} nats, InfoNCE (t = 0.1) {float(info_nce(x, y, 0.1)):.4f} nats")
+except Exception as exc:  # not done yet (None) or a bug: the checks above say which
+    print(f"yours: not comparable yet ({type(exc).__name__})")'''),
 ]
 
 # ---------------------------------------------------------------------------------------------- 07
@@ -618,8 +627,28 @@ plots.metric_bars(course.metrics_with_ci(m), metrics=("NDCG@10", "HR@100"));''')
     code('''\
 cost = course.cost_table(m)
 cost'''),
-    md("**Think:** which differences would survive a paired test (the pipeline reports one for every method against "
-       "SASRec)? Small slices and few users give wide intervals: do not over-read quick-mode numbers."),
+    md("## Exercise 7: read a paired confidence interval\nFor every method the pipeline stores, against SASRec, "
+       "`vs_sasrec_<metric>`: the mean over the same users of (method - SASRec), its 95% paired bootstrap interval "
+       "(`ci_low`, `ci_high`) and a sign-flip p-value. Write `verdict(ci_low, ci_high)`: `\"better\"` when the whole "
+       "interval is above 0, `\"worse\"` when it is below 0, `\"undecided\"` when it contains 0. Then read the run's table."),
+    code('''\
+def verdict(ci_low, ci_high):
+    ...  # your code here
+
+exercises.check_paired_verdict(verdict)'''),
+    code('''\
+for e in m["methods"].values():
+    c = e.get("vs_sasrec_HR@100")
+    if c is None:
+        continue
+    try:
+        v = verdict(c["ci_low"], c["ci_high"]) or "your verdict?"
+    except Exception as exc:
+        v = f"your verdict raised {type(exc).__name__}"
+    print(f"{e['label'][:44]:44s} - SASRec, HR@100: {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
+          f"p = {c['p_value']:.3f} -> {v}")'''),
+    md("**Think:** which differences would survive a paired test? An \"undecided\" is not \"equal\": it says this many "
+       "users cannot tell the two apart. Small slices and few users give wide intervals: do not over-read quick-mode numbers."),
 ]
 
 # ---------------------------------------------------------------------------------------------- 08
@@ -682,8 +711,32 @@ ins.show()'''),
     md("## 3. The same, as text\n`render_static` works anywhere (a terminal, a log, a printed handout)."),
     code('''\
 print(ins.render_static(int(users[0]), "ID Translation"))'''),
-    md("**Explore:** find a user whose ID Translation prompt is truncated. Does RA-Rec's hybrid prompt lose the "
-       "same information? (Its soft prompt carries the whole history through SASRec.)"),
+    md("## Exercise 8: a history that does not fit\nID Translation writes the whole history as text, and a token "
+       "budget cuts it (the main job gives the user prompt 64 tokens). Find a user whose ID Translation prompt is "
+       "truncated at that budget: `prompt_of(u)` below returns its `PromptResult` (`.truncated`, `.items_kept`, "
+       "`.items_total`, `.tokens_needed`)."),
+    code('''\
+budget = exp.cfg["llm"]["user_max_tokens"]  # the main job's user-prompt budget (64 tokens)
+prompt_of = lambda u: prompts.id_translation_user(texts(split.test_history[u]), bb.tokenizer, budget)
+overflowing_user = ...  # your code here: a user index u with prompt_of(u).truncated
+exercises.check_overflowing_user(overflowing_user, prompt_of, ds.num_users)'''),
+    md("Look at that user in both paradigms: which items does each *hard* prompt keep? Then say what RA-Rec keeps of "
+       "the history, with the letter of one of the choices printed below."),
+    code('''\
+u = overflowing_user if isinstance(overflowing_user, int) else int(users[0])
+tr = prompt_of(u)
+hy = prompts.hybrid_user(texts(split.test_history[u]), bb.tokenizer, k_recent=exp.cfg["llm"]["history_items"], budget=budget)
+print(f"user {u}: {tr.items_total} items in the history")
+print(f"  ID Translation keeps {tr.items_kept} of {tr.items_total} items as text ({tr.tokens_needed} tokens needed, budget {budget})")
+print(f"  RA-Rec hybrid keeps {hy.items_kept} most recent items as text, plus a soft prompt built from SASRec's "
+      f"user embedding of the last {run.config['max_len']} items")
+for letter, choice in exercises.RAREC_KEEPS.items():
+    print(f"  ({letter}) {choice}")'''),
+    code('''\
+rarec_keeps = ...  # your answer: "a", "b" or "c"
+exercises.check_what_rarec_keeps(rarec_keeps)'''),
+    md("**Explore:** open that user in the inspector above. Does the held-out item look like the recent items the hybrid "
+       "prompt keeps, or like the older ones only the soft prompt still carries?"),
 ]
 
 

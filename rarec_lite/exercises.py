@@ -4,7 +4,7 @@ Each ``check_*`` takes the student's answer (usually a function), runs it on sma
 cases, compares with a reference written here independently of the package modules, and
 prints either ``Correct`` or what went wrong plus a hint. It returns ``True``/``False`` and
 never raises on a wrong answer, so a notebook always runs to the end. An answer left as the
-``...`` placeholder (returning ``None``) is reported as "not done yet".
+``...`` placeholder (or a function returning ``None``) is reported as "To do", not as wrong.
 
 Solutions live apart, in ``notebooks/solutions/``.
 """
@@ -22,6 +22,8 @@ OK = "Correct"
 def _report(ok: bool, name: str, problem: str = "", hint: str = "") -> bool:
     if ok:
         print(f"[{name}] {OK}!")
+    elif problem in (NOT_DONE, PLACEHOLDER):  # untouched: nothing is wrong yet
+        print(f"[{name}] To do: {problem}")
     else:
         print(f"[{name}] Not yet: {problem}")
         if hint:
@@ -39,7 +41,9 @@ def _call(fn: Callable, *args):
         return None, f"raised {type(exc).__name__}: {exc}"
 
 
-NOT_DONE = "not done yet: your function returned None (replace the ... with code)"
+#: What an untouched exercise prints after "To do:" (a function still returning None / an answer still ``...``).
+NOT_DONE = "your function returns None so far: replace the ... with code"
+PLACEHOLDER = "your answer is still the ... placeholder: replace it"
 
 
 def _as_float(value) -> float | None:
@@ -280,7 +284,7 @@ def check_prefix_shape(answer, batch_size: int, num_instruction_tokens: int, num
     """
     shape = tuple(answer.shape) if hasattr(answer, "shape") else answer
     if shape is None or shape is Ellipsis:
-        return _report(False, "prefix shape", "not done yet (replace the ...)")
+        return _report(False, "prefix shape", PLACEHOLDER)
     want = (batch_size, num_instruction_tokens + num_id_tokens, hidden_size)
     try:
         shape = tuple(int(x) for x in shape)
@@ -301,7 +305,7 @@ def check_overflow_length(answer, token_counts: Sequence[int], context_window: i
     """
     want = next((n for n, c in enumerate(token_counts) if c > context_window), None)
     if answer is Ellipsis:
-        return _report(False, "overflow", "not done yet (replace the ...)")
+        return _report(False, "overflow", PLACEHOLDER)
     if answer != want:
         return _report(False, "overflow", f"expected {want}, got {answer}",
                        "find the first history length whose token count is above the window")
@@ -311,7 +315,7 @@ def check_overflow_length(answer, token_counts: Sequence[int], context_window: i
 def check_memory_estimate(answer_mib, num_parameters: int, bits: int = 4) -> bool:
     """Check an estimate of weight memory in MiB: ``num_parameters * bits / 8 / 2**20`` (within 1%)."""
     if answer_mib is Ellipsis or answer_mib is None:
-        return _report(False, "memory estimate", "not done yet (replace the ...)")
+        return _report(False, "memory estimate", PLACEHOLDER)
     want = num_parameters * bits / 8 / 2**20
     value = _as_float(answer_mib)
     if value is None or not math.isclose(value, want, rel_tol=0.01):
@@ -320,3 +324,91 @@ def check_memory_estimate(answer_mib, num_parameters: int, bits: int = 4) -> boo
             hint = "you computed MB (10**6 bytes); a MiB is 2**20 = 1,048,576 bytes"
         return _report(False, "memory estimate", f"expected about {want:.2f} MiB, got {answer_mib}", hint)
     return _report(True, "memory estimate")
+
+
+# --------------------------------------------------------------------------- reading a comparison (notebook 07)
+#: What :func:`check_paired_verdict` expects: B = the method, A = the baseline, CI of mean(B - A).
+VERDICTS = ("better", "worse", "undecided")
+
+_CI_CASES = [  # (ci_low, ci_high, verdict): a 95% paired CI of (method - baseline)
+    (0.004, 0.031, "better"),
+    (-0.046, -0.017, "worse"),
+    (-0.022, 0.0001, "undecided"),   # README: RA-Rec - ID Translation HR@100 [-0.0217, +0.0001]
+    (-0.011, 0.009, "undecided"),
+    (0.0, 0.02, "undecided"),        # 0 is inside a closed interval: no difference is still plausible
+    (-0.02, 0.0, "undecided"),
+]
+
+
+def check_paired_verdict(fn: Callable) -> bool:
+    """Check ``fn(ci_low, ci_high) -> "better" | "worse" | "undecided"``.
+
+    The arguments are the 95% paired bootstrap CI of (method - baseline) on the same users
+    (:func:`rarec_lite.metrics.paired_bootstrap`, ``metrics.json``'s ``vs_<baseline>_<metric>``):
+    the method is better when the whole interval is above 0, worse when it is below 0, and
+    undecided when it contains 0 (endpoints included).
+    """
+    for low, high, want in _CI_CASES:
+        got, err = _call(fn, low, high)
+        if err:
+            return _report(False, "paired verdict", err)
+        if got is None:
+            return _report(False, "paired verdict", NOT_DONE)
+        if got not in VERDICTS:
+            return _report(False, "paired verdict", f"returned {got!r}", f"return one of {VERDICTS}")
+        if got != want:
+            hint = ("an interval that contains 0 (even at an end) cannot tell the methods apart"
+                    if want == "undecided" else "look at the sign of the whole interval, not of its middle")
+            return _report(False, "paired verdict", f"CI [{low:+.4f}, {high:+.4f}]: expected {want!r}, got {got!r}", hint)
+    return _report(True, "paired verdict")
+
+
+# --------------------------------------------------------------------------- what overflows (notebook 08)
+def check_overflowing_user(user, prompt_of: Callable, num_users: int) -> bool:
+    """Check a user index whose ID Translation prompt does not fit its token budget.
+
+    Args:
+        user: the student's answer, a user index (``...`` when not done).
+        prompt_of: ``user -> rarec_lite.prompts.PromptResult`` of that user's ID Translation prompt
+            (with the notebook's tokenizer and budget).
+        num_users: users in the dataset (valid indices are ``0 .. num_users - 1``).
+    """
+    if user is Ellipsis or user is None:
+        return _report(False, "overflowing user", PLACEHOLDER)
+    try:
+        u = int(user)
+    except (TypeError, ValueError):
+        return _report(False, "overflowing user", f"{user!r} is not a user index", "give an int")
+    if not 0 <= u < num_users:
+        return _report(False, "overflowing user", f"user {u} is not in 0..{num_users - 1}")
+    p = prompt_of(u)
+    if not p.truncated:
+        return _report(False, "overflowing user",
+                       f"user {u}'s prompt needs {p.tokens_needed} tokens and fits ({p.items_total} items all kept)",
+                       "loop over users and test PromptResult.truncated (or tokens_needed > the budget)")
+    return _report(True, "overflowing user")
+
+
+#: The choices of :func:`check_what_rarec_keeps` (notebook 08 prints them).
+RAREC_KEEPS = {
+    "a": "nothing more than ID Translation: the same truncated text",
+    "b": "the most recent items as text, and the whole history (up to SASRec's max_len items) through the "
+         "SASRec user embedding in its soft prompt",
+    "c": "every item of the history as text, because soft prompts add context length",
+}
+
+
+def check_what_rarec_keeps(answer) -> bool:
+    """Check the choice (``"a"``, ``"b"`` or ``"c"`` of :data:`RAREC_KEEPS`) of what RA-Rec's hybrid
+    user prompt keeps of a history that overflows ID Translation's budget (RA-Rec, Sec. 3: the
+    soft prompt is built from the ID encoder's embedding of the whole sequence)."""
+    if answer is Ellipsis or answer is None:
+        return _report(False, "what RA-Rec keeps", PLACEHOLDER)
+    choice = str(answer).strip().lower()[:1]
+    if choice not in RAREC_KEEPS:
+        return _report(False, "what RA-Rec keeps", f"{answer!r} is not one of {sorted(RAREC_KEEPS)}")
+    if choice != "b":
+        hint = {"a": "the user tower also gets a soft prompt: what is it built from?",
+                "c": "the hard prompt has a budget too: a soft prompt is a few slots per layer, not text"}[choice]
+        return _report(False, "what RA-Rec keeps", f"not {choice!r}", hint)
+    return _report(True, "what RA-Rec keeps")

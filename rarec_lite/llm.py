@@ -657,7 +657,10 @@ def load_backbone(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from rarec_lite.progress import library_bars_off_in_kernel
+
     t0 = time.perf_counter()
+    library_bars_off_in_kernel()  # a saved notebook would keep transformers' widget bars at 0%
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
     device = resolve_device(device)

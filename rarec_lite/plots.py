@@ -98,13 +98,15 @@ def memory_per_precision(bytes_by_precision: Mapping[str, float], ax=None, title
 
 
 def tokens_vs_history(history_lengths: Sequence[int], token_counts: Sequence[float], context_window: int,
-                      ax=None, label: str = "ID Translation prompt"):
+                      ax=None, label: str = "ID Translation prompt", logy: bool = False):
     """Prompt length (tokens) against history length (items), with the context window as a line.
 
     Args:
         history_lengths: (N,) number of history items.
         token_counts: (N,) tokens the full prompt needs for that history.
         context_window: the model's maximum positions (tokens).
+        logy: log-scaled token axis, for prompts far shorter than the window (on a linear axis an
+            8,192-token window flattens a 50-token curve).
     """
     ax = _axes(ax)
     x = np.asarray(history_lengths)
@@ -116,7 +118,9 @@ def tokens_vs_history(history_lengths: Sequence[int], token_counts: Sequence[flo
         ax.axvline(x[over[0]], color=PALETTE["window"], ls=":", lw=1)
         ax.text(x[over[0]], context_window, f" overflows at {x[over[0]]} items", va="bottom", fontsize=9)
     ax.set_xlabel("history length (items)")
-    ax.set_ylabel("prompt tokens")
+    ax.set_ylabel("prompt tokens" + (" (log scale)" if logy else ""))
+    if logy:
+        ax.set_yscale("log")
     ax.set_title("Prompt length against history length")
     ax.legend()
     return ax

@@ -274,8 +274,51 @@ def test_metric_checks_accept_right_and_reject_wrong(capsys):
     assert not exercises.check_hr_at_k(hr_no_history)
     assert "remove the history" in capsys.readouterr().out
     assert not exercises.check_ndcg_at_k(ndcg_log_e)
+    capsys.readouterr()
     assert not exercises.check_hr_at_k(lambda *a: None)
-    assert "not done yet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out == "[HR@K] To do: your function returns None so far: replace the ... with code\n"  # not "Not yet"
+    assert not exercises.check_prefix_shape(..., 8, 2, 1, 4)
+    assert capsys.readouterr().out == "[prefix shape] To do: your answer is still the ... placeholder: replace it\n"
+
+
+def test_paired_verdict_check(capsys):
+    def right(lo, hi):
+        return "better" if lo > 0 else "worse" if hi < 0 else "undecided"
+
+    def open_interval(lo, hi):  # treats an end at exactly 0 as decided
+        return "better" if lo >= 0 else "worse" if hi <= 0 else "undecided"
+
+    def by_middle(lo, hi):
+        return "better" if lo + hi > 0 else "worse"
+
+    assert exercises.check_paired_verdict(right)
+    capsys.readouterr()
+    assert not exercises.check_paired_verdict(open_interval)
+    assert "even at an end" in capsys.readouterr().out
+    assert not exercises.check_paired_verdict(by_middle)
+    assert not exercises.check_paired_verdict(lambda lo, hi: "yes")
+    assert "return one of" in capsys.readouterr().out
+
+
+def test_overflowing_user_and_what_rarec_keeps_checks(capsys):
+    from rarec_lite import prompts
+    from rarec_lite.llm import _byte_level_tokenizer
+
+    tok = _byte_level_tokenizer("llama")
+    histories = [["a hat"], ["Brand" + str(i) + " - Women > Shoes > Sandals" for i in range(20)]]
+    prompt_of = lambda u: prompts.id_translation_user(histories[u], tok, 100)  # noqa: E731
+    assert not prompt_of(0).truncated and prompt_of(1).truncated  # the hand-made case
+    assert exercises.check_overflowing_user(1, prompt_of, 2)
+    capsys.readouterr()
+    assert not exercises.check_overflowing_user(0, prompt_of, 2)
+    assert "fits (1 items all kept)" in capsys.readouterr().out
+    assert not exercises.check_overflowing_user(5, prompt_of, 2)
+    assert not exercises.check_overflowing_user(..., prompt_of, 2)
+    assert "To do" in capsys.readouterr().out
+    assert exercises.check_what_rarec_keeps("b") and exercises.check_what_rarec_keeps(" B) the most recent")
+    assert not exercises.check_what_rarec_keeps("a") and not exercises.check_what_rarec_keeps("c")
+    assert not exercises.check_what_rarec_keeps("z")
 
 
 def test_reference_metrics_by_hand():

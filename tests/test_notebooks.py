@@ -9,6 +9,7 @@ installed by hand.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,7 +99,15 @@ def test_solutions_pass_their_checks(tokenizer, capsys):
     ns = _exec("06_rarec_alignment.py", {"n_instr": 2, "n_id": 1, "info": info})
     assert exercises.check_prefix_shape(ns["prefix_shape"], 8, 2, 1, 576)
     assert exercises.check_bpr_loss(ns["bpr"]) and exercises.check_info_nce(ns["info_nce"])
-    assert capsys.readouterr().out.count("Correct!") == 9
+    ns = _exec("07_evaluation.py", {})
+    assert exercises.check_paired_verdict(ns["verdict"])
+    histories = [chain[:n] for n in (1, 30, 0)]  # needs 118, ~1,190, 81 tokens: only user 1 overflows 120
+    prompt_of = lambda u: prompts.id_translation_user(histories[u], tokenizer, 120)  # noqa: E731
+    ns = _exec("08_prompt_inspector.py", {"prompt_of": prompt_of, "ds": SimpleNamespace(num_users=3)})
+    assert ns["overflowing_user"] == 1
+    assert exercises.check_overflowing_user(ns["overflowing_user"], prompt_of, 3)
+    assert exercises.check_what_rarec_keeps(ns["rarec_keeps"])
+    assert capsys.readouterr().out.count("Correct!") == 12
 
 
 # ------------------------------------------------------------------------------ execution
@@ -134,10 +143,23 @@ def test_notebook_runs_in_quick_mode(path, notebook_env, monkeypatch, tmp_path):
     assert not errors
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.output_type == "stream")
-    # quick mode really was used, and the exercises ran their checks (unsolved: "Not yet")
+    # quick mode really was used, and the exercises ran their checks (untouched: "To do", never "Not yet")
     assert "QUICK mode" in text
     if "exercises.check_" in "".join(c.source for c in nb.cells):
-        assert "Not yet" in text
+        assert "] To do: " in text and "Not yet" not in text
+    assert "data source: " in text  # where the data came from is printed
+    # saved progress bars: text on stdout that ends finished, never a widget frozen at its first frame
+    widgets = [o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json"
+               in o.get("data", {}) and "%|" in o.get("data", {}).get("text/plain", "")]
+    assert not widgets, f"{path.name}: a widget progress bar was saved: {widgets[0]['data']['text/plain']!r}"
+    texts = [o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", "")
+             for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    bars = [seg for t in texts for line in t.split("\n") for seg in [line.split("\r")[-1]] if "%|" in seg]
+    counts = [re.search(r"\| *(\d+)/(\d+) ", b) for b in bars]  # "...| 12/12 [00:01<...": done / total
+    unfinished = [b for b, c in zip(bars, counts) if c and c.group(1) != c.group(2)]
+    assert not unfinished, f"{path.name}: progress bars saved unfinished: {unfinished[:3]}"
+    stderr = [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not any("kernels-community" in t for t in stderr), f"{path.name}: the unused bnb kernel message is back"
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     if path.stem not in ("00_setup",):
         assert images >= 1 or path.stem == "08_prompt_inspector", f"{path.name}: no figure was drawn"
