@@ -42,6 +42,15 @@ NB_DIR = REPO / "notebooks"
 
 #: What the page reports once a notebook is rendered: cells, stderr boxes, unfinished bars, scroll size.
 INSPECT = r"""(() => {
+  const scrollerOf = (nb) => {  // JupyterLab 4: the notebook's own outer panel scrolls; else an ancestor
+    const outer = nb.querySelector('.jp-WindowedPanel-outer');
+    if (outer && outer.scrollHeight > outer.clientHeight) return outer;
+    let e = nb;
+    while (e && !(e.scrollHeight > e.clientHeight + 1 && /(auto|scroll)/.test(getComputedStyle(e).overflowY))) {
+      e = e.parentElement;
+    }
+    return e || document.scrollingElement;
+  };
   const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
   if (!nb) return null;
   const cells = nb.querySelectorAll('.jp-Cell').length;
@@ -55,14 +64,24 @@ INSPECT = r"""(() => {
       if (m && m[2] !== m[3]) bars.push(line.slice(0, 200));
     }
   }
-  const scroller = nb.closest('.jp-WindowedPanel-outer') || nb.parentElement;
+  const scroller = scrollerOf(nb);
   return {cells, images: imgs.length, images_loaded: imgs.every(i => i.complete), stderr, bars,
-          scroll_height: scroller.scrollHeight, client_height: scroller.clientHeight};
+          scroll_height: scroller.scrollHeight, client_height: scroller.clientHeight,
+          scroller: scroller.className || scroller.tagName};
 })()"""
 
 SCROLL = r"""((y) => {
+  const scrollerOf = (nb) => {  // JupyterLab 4: the notebook's own outer panel scrolls; else an ancestor
+    const outer = nb.querySelector('.jp-WindowedPanel-outer');
+    if (outer && outer.scrollHeight > outer.clientHeight) return outer;
+    let e = nb;
+    while (e && !(e.scrollHeight > e.clientHeight + 1 && /(auto|scroll)/.test(getComputedStyle(e).overflowY))) {
+      e = e.parentElement;
+    }
+    return e || document.scrollingElement;
+  };
   const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
-  const scroller = nb.closest('.jp-WindowedPanel-outer') || nb.parentElement;
+  const scroller = scrollerOf(nb);
   scroller.scrollTop = y; return scroller.scrollTop;
 })"""
 
@@ -121,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = work / "jconfig" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = settings.parent / "apputils-extension"  # no "get notified about Jupyter news?" pop-up over the page
+    news.mkdir()
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     procs: list[subprocess.Popen] = []
     summary = {}
     try:
@@ -155,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             import nbformat
 
             n_cells = len(nbformat.read(nb, as_version=4).cells)
-            dt.call("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/{nb.name}?token={token}&reset")
+            # /doc/: JupyterLab's single-document mode, the notebook without the side panels
+            dt.call("Page.navigate", url=f"http://127.0.0.1:{port}/doc/tree/{nb.name}?token={token}&reset")
             deadline, info = time.time() + args.timeout, None
             while time.time() < deadline:
                 time.sleep(1.0)
@@ -166,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise TimeoutError(f"{nb.name}: {info and info['cells']} of {n_cells} cells rendered in {args.timeout:.0f} s")
             time.sleep(2.0)  # fonts and layout
             info = dt.js(INSPECT)
-            pages = []
-            y = 0
+            pages, y, last_top = [], 0, None
             while y < info["scroll_height"]:
-                dt.js(f"{SCROLL}({y})")
+                top = dt.js(f"{SCROLL}({y})")
+                if top == last_top:  # the end was reached on the previous page
+                    break
+                last_top = top
                 time.sleep(0.4)
+                if os.environ.get("SHOTS_DEBUG"):
+                    print(f"  scroll to {y}: at {top} of {info['scroll_height']} ({info['scroller']})", flush=True)
                 png = base64.b64decode(dt.call("Page.captureScreenshot", format="png")["data"])
                 path = out_dir / f"{nb.stem}-p{len(pages) + 1}.png"
                 path.write_bytes(png)
