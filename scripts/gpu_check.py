@@ -114,7 +114,7 @@ def pipeline_config(tiny: bool, users: int, eval_users: int, steps: int, model: 
     conf["sasrec"]["epochs"] = 1 if tiny else 3
     conf["llm"]["name"] = model
     conf["train"].update(steps=steps, samples=max(2 * steps * conf["train"]["batch_size"] // 4, 16),
-                         refresh_every=max(steps // 2, 1), negatives=min(conf["train"]["negatives"], 256))
+                         negatives=min(conf["train"]["negatives"], 256))
     conf["methods"]["run"] = ["mostpop", "sasrec", "id_translation", "rarec"]
     return conf
 
