@@ -712,11 +712,11 @@ ins.show()'''),
     code('''\
 print(ins.render_static(int(users[0]), "ID Translation"))'''),
     md("## Exercise 8: a history that does not fit\nID Translation writes the whole history as text, and a token "
-       "budget cuts it (the main job gives the user prompt 64 tokens). Find a user whose ID Translation prompt is "
+       "budget cuts it (the main job's user-prompt budget, `course.token_budgets`: 64 tokens on Clothing). Find a user whose ID Translation prompt is "
        "truncated at that budget: `prompt_of(u)` below returns its `PromptResult` (`.truncated`, `.items_kept`, "
        "`.items_total`, `.tokens_needed`)."),
     code('''\
-budget = exp.cfg["llm"]["user_max_tokens"]  # the main job's user-prompt budget (64 tokens)
+budget = budgets["user_max_tokens"]  # the main job's user-prompt budget on this dataset (Clothing: 64 tokens)
 prompt_of = lambda u: prompts.id_translation_user(texts(split.test_history[u]), bb.tokenizer, budget)
 overflowing_user = ...  # your code here: a user index u with prompt_of(u).truncated
 exercises.check_overflowing_user(overflowing_user, prompt_of, ds.num_users)'''),

@@ -192,7 +192,7 @@ def run_check(args) -> dict:
                                "tiny-llama" if args.tiny else llm.SMOLLM2_NAME)
         before = os.environ.get("RAREC_MIRROR")
         if not args.tiny:
-            raw, origin = course.locate_raw_cloth()
+            raw, origin = course.locate_raw("cloth")
             if raw is None:
                 raise FileNotFoundError(f"no real Clothing for the pipeline stage ({origin}): set RAREC_MIRROR")
             os.environ["RAREC_MIRROR"] = str(raw)
