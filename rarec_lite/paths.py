@@ -48,7 +48,9 @@ def mirror() -> Path | None:
         return path.resolve()
     if not path.is_absolute() and (REPO_ROOT / path).is_dir():
         return (REPO_ROOT / path).resolve()
-    tried = str(path) if path.is_absolute() else f"neither {Path.cwd() / path} nor {REPO_ROOT / path}"
+    here, there = Path.cwd() / path, REPO_ROOT / path
+    same = here.resolve() == there.resolve()
+    tried = str(path) if path.is_absolute() else str(here) if same else f"neither {here} nor {there}"
     raise FileNotFoundError(f"RAREC_MIRROR={value!r} is not a directory ({tried})")
 
 

@@ -328,7 +328,9 @@ class Experiment:
         except FileNotFoundError as exc:
             if not d["synthetic_fallback"]:
                 raise
-            _log(f"no raw data ({exc}); using the synthetic toy dataset (synthetic_fallback = true)")
+            _log("WARNING: no raw data, so this run uses the SYNTHETIC toy dataset (synthetic_fallback = true): "
+                 "its numbers mean nothing. For real data set RAREC_MIRROR or run data_download.sh first.")
+            _log(f"  (why: {exc})")
             self.dataset = synthetic_dataset(num_users=max_users or 300, num_items=150, seed=self.seed)
         self.split = self.dataset.split()
         ds = self.dataset

@@ -116,6 +116,11 @@ def test_relative_mirror_is_read_from_the_repository_root(monkeypatch, tmp_path,
     monkeypatch.setenv("RAREC_MIRROR", "../nothing/here")
     with pytest.raises(FileNotFoundError, match=r"neither .*notebooks/\.\./nothing/here nor .*repo/\.\./nothing/here"):
         paths.mirror()
+    monkeypatch.chdir(repo)  # from the root both candidates are one path: named once
+    with pytest.raises(FileNotFoundError) as err:
+        paths.mirror()
+    assert str(err.value) == f"RAREC_MIRROR='../nothing/here' is not a directory ({repo / '../nothing/here'})"
+    monkeypatch.chdir(repo / "notebooks")
     found, origin = course.locate_raw()  # the data beside the checkout is still found, and the bad variable named
     assert found == cloth and origin.startswith("the course machines' ../shared/data; note: RAREC_MIRROR='../nothing/here'")
 
