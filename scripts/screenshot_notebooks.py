@@ -40,9 +40,8 @@ from screenshot_inspector import CHROMIUM_FLAGS, DevTools, free_port, wait_http 
 
 NB_DIR = REPO / "notebooks"
 
-#: What the page reports once a notebook is rendered: cells, stderr boxes, unfinished bars, scroll size.
-INSPECT = r"""(() => {
-  const scrollerOf = (nb) => {  // JupyterLab 4: the notebook's own outer panel scrolls; else an ancestor
+#: JavaScript shared by INSPECT and SCROLL: the element that scrolls a notebook.
+_SCROLLER_OF = r"""  const scrollerOf = (nb) => {  // JupyterLab 4: the notebook's own outer panel scrolls; else an ancestor
     const outer = nb.querySelector('.jp-WindowedPanel-outer');
     if (outer && outer.scrollHeight > outer.clientHeight) return outer;
     let e = nb;
@@ -51,7 +50,11 @@ INSPECT = r"""(() => {
     }
     return e || document.scrollingElement;
   };
-  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+"""
+
+#: What the page reports once a notebook is rendered: cells, stderr boxes, unfinished bars, scroll size.
+INSPECT = r"""(() => {
+""" + _SCROLLER_OF + r"""  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
   if (!nb) return null;
   const cells = nb.querySelectorAll('.jp-Cell').length;
   const imgs = [...nb.querySelectorAll('img')];
@@ -71,16 +74,7 @@ INSPECT = r"""(() => {
 })()"""
 
 SCROLL = r"""((y) => {
-  const scrollerOf = (nb) => {  // JupyterLab 4: the notebook's own outer panel scrolls; else an ancestor
-    const outer = nb.querySelector('.jp-WindowedPanel-outer');
-    if (outer && outer.scrollHeight > outer.clientHeight) return outer;
-    let e = nb;
-    while (e && !(e.scrollHeight > e.clientHeight + 1 && /(auto|scroll)/.test(getComputedStyle(e).overflowY))) {
-      e = e.parentElement;
-    }
-    return e || document.scrollingElement;
-  };
-  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+""" + _SCROLLER_OF + r"""  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
   const scroller = scrollerOf(nb);
   scroller.scrollTop = y; return scroller.scrollTop;
 })"""
