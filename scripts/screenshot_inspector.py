@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -114,6 +115,52 @@ FIND_VIEW = """(() => {
 })()"""
 
 
+@contextlib.contextmanager
+def lab_and_browser(work: Path, jenv: dict, chromium: str, width: int, height: int):
+    """JupyterLab (root ``work``, private Jupyter dirs ``jenv``) and headless Chromium on 127.0.0.1.
+
+    Yields ``(dt, base, token)``: a :class:`DevTools` session on the page (size ``width`` x ``height``),
+    the server's base URL and its token. On the way out stops both (by process id), prints the last
+    lines of their logs when something failed, and deletes ``work``.
+    """
+    procs: list[subprocess.Popen] = []
+    try:
+        port, token = free_port(), secrets.token_hex(16)
+        lab = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+             "--ServerApp.open_browser=False"] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+            env={**os.environ, **jenv}, stdout=open(work / "lab.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(lab)
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, "JupyterLab", lab)
+        dport = free_port()
+        chrome = subprocess.Popen(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={work / 'chromium-profile'}",
+             f"--remote-debugging-port={dport}", "--remote-allow-origins=*", f"--window-size={width},{height}",
+             "about:blank"],
+            stdout=open(work / "chromium.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(chrome)
+        targets = json.loads(wait_http(f"http://127.0.0.1:{dport}/json/list", 60, "Chromium DevTools", chrome))
+        dt = DevTools(next(t for t in targets if t.get("type") == "page")["webSocketDebuggerUrl"])
+        dt.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        dt.call("Page.enable")
+        yield dt, f"http://127.0.0.1:{port}", token
+    except Exception:
+        for log in ("lab.log", "chromium.log"):
+            if (work / log).exists():
+                print(f"--- last lines of {log}:\n" + "\n".join((work / log).read_text(errors="replace").splitlines()[-15:]),
+                      file=sys.stderr)
+        raise
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default: $RAREC_HOME/screenshots/prompt_inspector.png)")
@@ -135,33 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             "JUPYTER_RUNTIME_DIR": str(work / "jruntime")}
     if "RAREC_MIRROR" not in os.environ and (REPO.parent / "shared" / "data" / "amazon_cloth").is_dir():
         jenv["RAREC_MIRROR"] = str(REPO.parent / "shared" / "data")
-    procs: list[subprocess.Popen] = []
+    print("executing notebook 08 with papermill ...", flush=True)
     try:
-        print("executing notebook 08 with papermill ...", flush=True)
         nb_path = execute_notebook(work, args.full, jenv)
-        port, token = free_port(), secrets.token_hex(16)
-        env = {**os.environ, **jenv}
-        lab = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-             "--ServerApp.open_browser=False"] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-            env=env, stdout=open(work / "lab.log", "wb"), stderr=subprocess.STDOUT)
-        procs.append(lab)
-        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, "JupyterLab", lab)
-        dport = free_port()
-        chrome = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={work / 'chromium-profile'}",
-             f"--remote-debugging-port={dport}", "--remote-allow-origins=*", f"--window-size={args.width},{args.height}",
-             "about:blank"],
-            stdout=open(work / "chromium.log", "wb"), stderr=subprocess.STDOUT)
-        procs.append(chrome)
-        targets = json.loads(wait_http(f"http://127.0.0.1:{dport}/json/list", 60, "Chromium DevTools", chrome))
-        page = next(t for t in targets if t.get("type") == "page")
-        dt = DevTools(page["webSocketDebuggerUrl"])
-        dt.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, deviceScaleFactor=1,
-                mobile=False)
-        dt.call("Page.enable")
-        url = f"http://127.0.0.1:{port}/lab/tree/{nb_path.name}?token={token}&reset"
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    with lab_and_browser(work, jenv, chromium, args.width, args.height) as (dt, base, token):
+        url = f"{base}/lab/tree/{nb_path.name}?token={token}&reset"
         print("opening", url.replace(token, "<token>"), flush=True)
         dt.call("Page.navigate", url=url)
         deadline, box = time.time() + args.timeout, None
@@ -187,20 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(out_png, png)
         print(f"wrote {out_png} ({len(png) / 1024:.0f} KiB, {int(clip['width'])}x{int(clip['height'])} px)")
         return 0
-    except Exception:
-        for log in ("lab.log", "chromium.log"):
-            if (work / log).exists():
-                print(f"--- last lines of {log}:\n" + "\n".join((work / log).read_text(errors="replace").splitlines()[-15:]),
-                      file=sys.stderr)
-        raise
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

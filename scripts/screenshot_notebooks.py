@@ -24,9 +24,7 @@ import argparse
 import base64
 import json
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from screenshot_inspector import CHROMIUM_FLAGS, DevTools, free_port, wait_http  # noqa: E402
+from screenshot_inspector import lab_and_browser  # noqa: E402
 
 NB_DIR = REPO / "notebooks"
 
@@ -137,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     news = settings.parent / "apputils-extension"  # no "get notified about Jupyter news?" pop-up over the page
     news.mkdir()
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    procs: list[subprocess.Popen] = []
     summary = {}
     try:
         if args.executed:
@@ -147,32 +144,16 @@ def main(argv: list[str] | None = None) -> int:
             notebooks = [work / nb.name for nb in notebooks]
         else:
             notebooks = execute(args.names, work, args.quick, jenv)
-        port, token = free_port(), secrets.token_hex(16)
-        lab = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--ServerApp.open_browser=False"]
-            + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-            env={**os.environ, **jenv}, stdout=open(work / "lab.log", "wb"), stderr=subprocess.STDOUT)
-        procs.append(lab)
-        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, "JupyterLab", lab)
-        dport = free_port()
-        chrome = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={work / 'chromium-profile'}",
-             f"--remote-debugging-port={dport}", "--remote-allow-origins=*",
-             f"--window-size={args.width},{args.height}", "about:blank"],
-            stdout=open(work / "chromium.log", "wb"), stderr=subprocess.STDOUT)
-        procs.append(chrome)
-        targets = json.loads(wait_http(f"http://127.0.0.1:{dport}/json/list", 60, "Chromium DevTools", chrome))
-        dt = DevTools(next(t for t in targets if t.get("type") == "page")["webSocketDebuggerUrl"])
-        dt.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, deviceScaleFactor=1,
-                mobile=False)
-        dt.call("Page.enable")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    with lab_and_browser(work, jenv, chromium, args.width, args.height) as (dt, base, token):
         for nb in notebooks:
             import nbformat
 
             n_cells = len(nbformat.read(nb, as_version=4).cells)
             # /doc/: JupyterLab's single-document mode, the notebook without the side panels
-            dt.call("Page.navigate", url=f"http://127.0.0.1:{port}/doc/tree/{nb.name}?token={token}&reset")
+            dt.call("Page.navigate", url=f"{base}/doc/tree/{nb.name}?token={token}&reset")
             deadline, info = time.time() + args.timeout, None
             while time.time() < deadline:
                 time.sleep(1.0)
@@ -205,20 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out_dir / 'summary.json'}")
         bad = any(s["stderr_boxes"] or s["unfinished_bars"] for s in summary.values())
         return 1 if bad else 0
-    except Exception:
-        for log in ("lab.log", "chromium.log"):
-            if (work / log).exists():
-                print(f"--- last lines of {log}:\n" + "\n".join((work / log).read_text(errors="replace").splitlines()[-15:]),
-                      file=sys.stderr)
-        raise
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
