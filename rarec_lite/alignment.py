@@ -438,8 +438,8 @@ class TwoTower(nn.Module):
 
         Returns:
             ``{"bpr", "infonce", "total"}`` scalar tensors (nats; ``bpr`` is the ranking loss) and
-            ``"user_states"``, ``"item_states"``: the raw pooled states (B, H), detached (the trainer's
-            moving-average statistics follow them).
+            ``"user_states"``: the raw pooled user states (B, H), detached (the trainer's moving-average
+            user statistics follow them).
         """
         from rarec_lite.losses import alignment_loss
 
@@ -467,7 +467,7 @@ class TwoTower(nn.Module):
                              lam, temperature, item_ids=item_ids, score_scale=score_scale, user_ids=user_ids,
                              extra_items=negatives, extra_ids=extra_ids if negatives is not None else None,
                              rank_loss=rank_loss)
-        out["user_states"], out["item_states"] = u.detach(), v.detach()
+        out["user_states"] = u.detach()
         return out
 
     # -- tokenising ------------------------------------------------------------------------

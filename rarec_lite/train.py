@@ -446,9 +446,8 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         rng = np.random.default_rng([cfg.seed, 7919, step])
         ids = np.sort(rng.choice(num_items, size=min(cfg.negatives, num_items), replace=False))
         emb = item_id_emb[torch.as_tensor(ids)].detach() if alignment.use_id else None
-        with torch.no_grad():
-            states = tower.encode_batched([item_prompts[i] for i in ids], "item", emb, 64, cfg.max_item_tokens,
-                                          progress=False)
+        states = tower.encode_batched([item_prompts[i] for i in ids], "item", emb, 64, cfg.max_item_tokens,
+                                      progress=False)  # no_grad inside
         return torch.as_tensor(ids, dtype=torch.int64), states
 
     def follow(tower_name: str, states: torch.Tensor) -> None:
