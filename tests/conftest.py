@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CLOTH = REPO.parent / "shared" / "data" / "amazon_cloth"
 
 
+def load_file_module(path: Path, name: str):
+    """Import ``path`` (a script outside the package, e.g. ``scripts/gpu_check.py``) as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _shared_cloth() -> Path | None:
     """The real Clothing mirror: $RAREC_TEST_CLOTH, else ../shared/data/amazon_cloth."""
     env = os.environ.get("RAREC_TEST_CLOTH")

@@ -3,20 +3,18 @@ package installs and imports (scripts/colab_install_check.py; the git URL points
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from conftest import load_file_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("colab_install_check", REPO / "scripts" / "colab_install_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_module(REPO / "scripts" / "colab_install_check.py", "colab_install_check")
 
 
 def test_the_cell_is_the_committed_one_with_only_its_url_changed(check):

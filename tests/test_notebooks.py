@@ -51,11 +51,9 @@ def test_committed_clean_with_badge_and_parameters(path):
 
 def test_builder_is_in_step_with_the_notebooks(tmp_path, monkeypatch):
     """notebooks/_build.py writes exactly the committed notebooks (the builder is the reference copy)."""
-    import importlib.util
+    from conftest import load_file_module
 
-    spec = importlib.util.spec_from_file_location("nb_build", NB_DIR / "_build.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_file_module(NB_DIR / "_build.py", "nb_build")
     monkeypatch.setattr(mod, "HERE", tmp_path)
     for built in mod.build():
         committed = NB_DIR / built.name
