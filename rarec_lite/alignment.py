@@ -60,6 +60,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from rarec_lite import distributed
+
 __all__ = ["RAAlignment", "TwoTower", "hidden_state_rms", "TOWERS"]
 
 TOWERS = ("user", "item")
@@ -440,11 +442,30 @@ class TwoTower(nn.Module):
             ``{"bpr", "infonce", "total"}`` scalar tensors (nats; ``bpr`` is the ranking loss) and
             ``"user_states"``: the raw pooled user states (B, H), detached (the trainer's moving-average
             user statistics follow them).
+
+        Data-parallel (:mod:`rarec_lite.distributed`): every rank passes the same whole batch; each
+        runs the LLM on its :func:`~rarec_lite.distributed.split_rows` share, the pooled states are
+        gathered with autograd, and every rank returns the same loss of the whole batch (its gradient
+        reaches the parameters once :func:`~rarec_lite.distributed.all_reduce_gradients` has averaged it).
+
+        Raises:
+            ValueError: ``lam > 0`` without ``text_layers`` or an alignment; a batch smaller than the
+                number of processes.
         """
         from rarec_lite.losses import alignment_loss
 
-        u = self.encode_users(user_prompts, user_emb, max_tokens=max_user_tokens)
-        v = self.encode_items(item_prompts, item_emb, max_tokens=max_item_tokens)
+        # data-parallel (rarec_lite.distributed): this rank runs the LLM on its share of the batch; the
+        # pooled states are gathered with autograd, so every rank computes the loss of the whole batch
+        b = len(user_prompts)
+        lo, hi = distributed.split_rows(b)
+        if hi == lo:
+            raise ValueError(f"a batch of {b} pairs over {distributed.world().size} processes leaves rank "
+                             f"{distributed.world().rank} none; use batch_size >= the number of processes")
+        share = lambda x: None if x is None else x[lo:hi]  # noqa: E731
+        u = distributed.gather_rows(self.encode_users(user_prompts[lo:hi], share(user_emb), max_tokens=max_user_tokens),
+                                    b, grad=True)
+        v = distributed.gather_rows(self.encode_items(item_prompts[lo:hi], share(item_emb), max_tokens=max_item_tokens),
+                                    b, grad=True)
         d_u = d_v = t_u = t_v = ()
         if lam > 0:
             if text_layers is None or self.alignment is None:
@@ -528,16 +549,26 @@ class TwoTower(nn.Module):
     @torch.no_grad()
     def encode_batched(self, texts: Sequence[str], tower: str, id_emb: torch.Tensor | None = None,
                        batch_size: int = 64, max_tokens: int | None = None, per_layer: bool = False,
-                       use_prefix: bool = True, progress: bool | None = None, layer_dtype=torch.float16):
+                       use_prefix: bool = True, progress: bool | None = None, layer_dtype=torch.float16,
+                       shard: bool = True):
         """Encode a long list (e.g. the 23,033-item catalogue) in batches, without gradients.
 
         Texts are sorted by length so each batch pads little, then put back in order. When the
         states depend on the text alone (no ID soft prompt), each distinct text is encoded once.
-        A tqdm bar is shown when ``progress`` (default: more than 4 batches).
+        A tqdm bar is shown when ``progress`` (default: more than 4 batches), on rank 0 only.
+
+        **Data-parallel** under a process group (:mod:`rarec_lite.distributed`), with ``shard``: the
+        batches are the ones a single process forms; batch ``b`` is encoded by rank ``b % world size``
+        and every rank receives all ``N`` rows in order (bit-identical to one process on the same
+        hardware). Every rank must then make the same call. ``shard=False``: this process encodes
+        everything itself (a call that only some ranks make). A single process ignores ``shard``.
 
         Returns:
             ``final`` (N, H) float32, or ``(final, layers (N, L, H) in layer_dtype)`` when
             ``per_layer`` (float16 by default: 23,033 items x 8 layers x 576 = 0.2 GB).
+
+        Raises:
+            ValueError: ``id_emb`` does not have N rows.
         """
         from rarec_lite.progress import tqdm
 
@@ -552,25 +583,32 @@ class TwoTower(nn.Module):
                 row = {t: k for k, t in enumerate(unique)}
                 idx = torch.as_tensor([row[t] for t in texts])
                 out = self.encode_batched(unique, tower, None, batch_size, max_tokens, per_layer, use_prefix,
-                                          progress, layer_dtype)
+                                          progress, layer_dtype, shard)
                 return (out[0][idx], out[1][idx]) if per_layer else out[idx]
         order = sorted(range(n), key=lambda i: len(texts[i]))
-        finals, layers = [None] * n, [None] * n
-        starts = range(0, n, batch_size)
-        show = progress if progress is not None else len(starts) > 4
-        for s in tqdm(starts, desc=f"encode {tower}s", disable=not show, unit="batch"):
-            idx = order[s:s + batch_size]
+        batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+        # data-parallel: the same batches as one process, batch b on rank b % world size, then gathered
+        w = distributed.world() if shard else distributed.World()
+        mine = distributed.assigned_batches(len(batches), w)
+        show = (progress if progress is not None else len(batches) > 4) and distributed.is_main()
+        h = self.backbone.info.hidden_size
+        finals, layers = [], []
+        for b in tqdm(mine, desc=f"encode {tower}s", disable=not show, unit="batch"):
+            idx = batches[b]
             emb = id_emb[idx] if id_emb is not None else None
             out = self.encode([texts[i] for i in idx], tower, emb, per_layer, max_tokens, use_prefix)
             f, ls = (out if per_layer else (out, None))
-            for k, i in enumerate(idx):
-                finals[i] = f[k].cpu()
-                if per_layer:
-                    layers[i] = torch.stack([x[k] for x in ls]).to("cpu", layer_dtype)
-        final = torch.stack(finals) if n else torch.empty(0, self.backbone.info.hidden_size)
+            finals.append(f.cpu())
+            if per_layer:
+                layers.append(torch.stack(ls, dim=1).to("cpu", layer_dtype))
+        distributed.ENCODED[tower] += sum(len(batches[b]) for b in mine)
+        final = torch.cat(finals) if finals else torch.empty(0, h)
+        final = distributed.gather_batches(final, batches, n, w)
         if not per_layer:
             return final
-        return final, torch.stack(layers)
+        layers = torch.cat(layers) if layers else torch.empty(0, self.backbone.info.num_layers, h, dtype=layer_dtype)
+        layers = distributed.gather_batches(layers, batches, n, w)
+        return final, layers
 
     def encode_text_only(self, texts: Sequence[str], tower: str = "item", per_layer: bool = True,
                          batch_size: int = 64, max_tokens: int | None = None, progress: bool | None = None):

@@ -25,6 +25,14 @@ Read :func:`train_alignment` top to bottom; it is the whole loop:
    (``out_dir/checkpoint.safetensors``: parameters, AdamW state, step, RNG state, losses and the
    statistics). Calling the function again with the same ``out_dir`` resumes exactly where it stopped.
 
+**Data-parallel** (``accelerate launch`` / ``torchrun``, :mod:`rarec_lite.distributed`): every rank
+draws the same batch and the same negatives, runs its LLM copy on its share of them
+(:meth:`rarec_lite.alignment.TwoTower.loss`, :meth:`~rarec_lite.alignment.TwoTower.encode_batched`),
+the gradients are averaged over the ranks, and every rank keeps identical parameters, optimizer
+state and statistics; rank 0 writes the checkpoint. Nothing in it depends on the number of
+processes, so a run resumes with another one. The result equals one process's up to floating-point
+summation order (a batch split over ranks pads to other lengths).
+
 **Why the negatives are encoded at every step, not cached.** An earlier version kept a cache of
 negative item states refreshed every 50 steps. The towers learned to tell a fresh item state from
 a stale one (the soft prompt moves every item state while the gate opens): on Clothing the
@@ -47,6 +55,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from rarec_lite import distributed
 from rarec_lite.files import atomic_write_json, load_checkpoint, save_checkpoint
 from rarec_lite.sampling import Sample
 
@@ -474,7 +483,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
     alignment.train()
 
     bar = tqdm(total=total_steps, initial=step, desc="align", unit="step",
-               disable=not (progress if progress is not None else total_steps > 20))
+               disable=not (progress if progress is not None else total_steps > 20) or not distributed.is_main())
     while step < total_steps:
         t0 = time.perf_counter()
         alignment.gate_offset = cfg.gate_offset(step, total_steps, alignment.gate_init)
@@ -499,6 +508,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
 
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
+        distributed.all_reduce_gradients([p for _, p in named])  # data-parallel: the whole batch's gradient
         if step == resumed_from:
             check_gradients(named, tower.backbone.info)
         if cfg.grad_clip is not None:
@@ -521,13 +531,17 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
             bar.set_postfix(loss=f"{history['bpr'][-1]:.3f}", nce=f"{history['infonce'][-1]:.3f}")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             stats = {f"{k}_{t}": v for t in tower.stats for k, v in zip(("mu", "sigma"), tower.stats[t])}
-            _save(ckpt, alignment, optimizer, step, history, seconds, cfg, n, stats)
+            if distributed.is_main():  # every rank holds the same state: one writes it
+                _save(ckpt, alignment, optimizer, step, history, seconds, cfg, n, stats)
+            distributed.barrier()
     bar.close()
     alignment.gate_offset = 0.0  # trained: the gate is what was learned
 
     result = TrainResult(history["bpr"], history["infonce"], history["total"], seconds, step,
                          alignment.num_trainable(), n, resumed_from, str(ckpt))
-    atomic_write_json(out_dir / "train_result.json", result.as_dict())
+    if distributed.is_main():
+        atomic_write_json(out_dir / "train_result.json", result.as_dict())
+    distributed.barrier()
     return result
 
 
