@@ -7,6 +7,7 @@ notebook does and what the command does are the same code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -114,7 +115,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     add = [m.strip() for m in args.add_methods.split(",") if m.strip()] if args.add_methods is not None else None
     result = run_pipeline(args.config, out=args.out, add_methods=add, dataset=args.dataset)
-    print(f"metrics: {result['results_dir']}/metrics.json")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch / torchrun: once
+        print(f"metrics: {result['results_dir']}/metrics.json")
     return 0
 
 

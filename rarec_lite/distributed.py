@@ -29,6 +29,7 @@ is sharded. :data:`ENCODED` counts the texts this rank encoded, per tower, for t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from typing import Iterable, Sequence
 import torch
 
 __all__ = ["World", "init", "world", "is_main", "barrier", "assigned_batches", "gather_batches", "split_rows",
-           "gather_rows", "all_reduce_gradients", "all_reduce_mean", "gather_objects", "ENCODED", "shutdown"]
+           "gather_rows", "all_reduce_gradients", "all_reduce_mean", "gather_objects", "main_first", "ENCODED", "shutdown"]
 
 ENCODED: Counter = Counter()
 """Texts this process encoded without gradient, per tower (``"user"``, ``"item"``): what
@@ -104,6 +105,21 @@ def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for in a single process)."""
     if _active() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first, the other ranks after it has finished: for a block that fills a
+    cache on disk (data preparation, a converted or generated model) that the others then read.
+    When the block raises on rank 0, the others are released all the same (and run it themselves:
+    an expected error, e.g. missing data, then happens on every rank alike)."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def shutdown() -> None:

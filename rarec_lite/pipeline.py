@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rarec_lite import distributed
 from rarec_lite.files import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["METHODS", "Method", "Experiment", "load_config", "config_path", "run_pipeline", "format_report"]
@@ -288,6 +289,11 @@ def _peak_rss_mb() -> float:
 
 
 def _log(msg: str) -> None:
+    """A timestamped line on stdout (rank 0 only when data-parallel)."""
+    from rarec_lite import distributed
+
+    if not distributed.is_main():
+        return
     print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -323,8 +329,9 @@ class Experiment:
         d = self.cfg["data"]
         max_users = d["max_users"] or None
         try:
-            self.dataset = load_dataset(d["dataset"], raw_dir=d["raw_dir"] or None, max_users=max_users,
-                                        seed=self.seed)
+            with distributed.main_first():  # rank 0 prepares the processed dataset, the others read it
+                self.dataset = load_dataset(d["dataset"], raw_dir=d["raw_dir"] or None, max_users=max_users,
+                                            seed=self.seed)
         except FileNotFoundError as exc:
             if not d["synthetic_fallback"]:
                 raise
@@ -374,8 +381,9 @@ class Experiment:
             llm = self.cfg["llm"]
             quant = None if str(llm["quantization"]).lower() in ("none", "", "fp32") else llm["quantization"]
             _log(f"LLM: loading {llm['name']} (quantization={quant}, max_layers={llm['max_layers'] or 'all'})")
-            self._backbone = load_backbone(llm["name"], quantization=quant, max_layers=llm["max_layers"] or None,
-                                           seed=self.seed)
+            with distributed.main_first():  # each rank its own copy; rank 0 first fills the model cache
+                self._backbone = load_backbone(llm["name"], quantization=quant,
+                                               max_layers=llm["max_layers"] or None, seed=self.seed)
             info = self._backbone.info
             _log(f"LLM: {info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}, "
                  f"{info.weight_bytes / 2**20:.0f} MiB of weights, {info.load_seconds:.0f} s")
@@ -456,7 +464,9 @@ class Experiment:
                 final, layers = tower.encode_text_only(self.item_prompts("translation"), "item", True,
                                                        int(llm["batch_size"]), int(llm["item_max_tokens"]),
                                                        self.progress)
-                save_checkpoint(path, {"final": final, "layers": layers}, {"kind": "item_text_states"})
+                if distributed.is_main():
+                    save_checkpoint(path, {"final": final, "layers": layers}, {"kind": "item_text_states"})
+                distributed.barrier()
                 self._item_text_states = (final, layers)
         return self._item_text_states
 
@@ -478,7 +488,9 @@ class Experiment:
         item_ids = sorted({s.target for s in samples})
         item_layers = self.item_text_states()[1][item_ids]
         cache = TextCache(user_layers, item_layers, torch.as_tensor(item_ids, dtype=torch.int64))
-        cache.save(path)
+        if distributed.is_main():
+            cache.save(path)
+        distributed.barrier()
         return cache
 
     def standardization_states(self, kind: str) -> torch.Tensor:
@@ -787,10 +799,29 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     method, for paired tests), ``figures/*.png``, ``methods/<name>.json`` (one per finished
     method: what makes the run resumable) and ``config.json`` (the resolved config).
 
+    Data-parallel under ``accelerate launch`` / ``torchrun`` (README, "More than one GPU"): the
+    catalogue, the evaluation users and every other LLM encoding are sharded over the processes and
+    gathered in order, the alignment and SASRec train with averaged gradients, the ranks and
+    metrics are computed once on the gathered states, rank 0 writes every file, and
+    ``metrics.json`` records ``world_size`` and the items and users each rank encoded.
+
     Raises:
         FileNotFoundError: no such config, or no raw data (with how to get it).
         ValueError: a malformed config (names the file and key).
+        RuntimeError: a launcher set ``WORLD_SIZE > 1`` and the process group cannot start.
     """
+    joined = not distributed.world().backend  # a group this call starts, it also ends
+    distributed.init()
+    try:
+        return _run_pipeline(config, out, progress and distributed.is_main(), add_methods, dataset)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
+    """:func:`run_pipeline`'s work, in a process group or not."""
+    distributed.ENCODED.clear()  # this call's per-rank counts
     cfg = load_config(config)
     own_dataset = cfg["data"]["dataset"]
     cfg = for_dataset(cfg, dataset)
@@ -817,7 +848,8 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         raise ValueError(f"{out_dir} holds results of a different configuration ({previous}; differs in "
                          f"{', '.join(differ) or '?'}); "
                          f"use another --out or delete that directory")
-    atomic_write_json(previous, cfg)
+    if distributed.is_main():
+        atomic_write_json(previous, cfg)
     torch.manual_seed(cfg["seed"])
     started = time.time()
     _log(f"config {cfg['name']}: {cfg['description']} -> {out_dir}")
@@ -842,13 +874,24 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
             facts = run.run_method(method)
             saved = {"entry": _metrics_entry(method, facts, ks), "ranks": np.asarray(facts["ranks"]).tolist(),
                      "tied": np.asarray(facts["tied"]).tolist(), "losses": facts.get("losses")}
-            atomic_write_json(done, saved)
+            if distributed.is_main():
+                atomic_write_json(done, saved)
             e = saved["entry"]
             _log(f"{name}: HR@10 {e['HR@10']:.4f}  HR@100 {e.get('HR@100', float('nan')):.4f}  "
                  f"NDCG@10 {e['NDCG@10']:.4f}")
         entries[name], ranks[name], tied[name] = saved["entry"], np.asarray(saved["ranks"]), np.asarray(saved["tied"])
         if saved.get("losses"):
             losses[name] = saved["losses"]
+        distributed.barrier()  # every rank decides on the next method after this one's file is written
+
+    encoded = distributed.gather_objects(dict(distributed.ENCODED))
+    if not distributed.is_main():  # the metrics, the report and the figures: once, on rank 0; the others read them
+        distributed.barrier()
+        return {**read_json(out_dir / "metrics.json"), "results_dir": str(out_dir)}
+    w = distributed.world()
+    parallel = {"world_size": w.size, "backend": w.backend or "none (one process)",
+                "encoded_per_rank": [{"rank": r, "items": c.get("item", 0), "users": c.get("user", 0)}
+                                     for r, c in enumerate(encoded)]}
 
     _add_confidence_intervals(entries, ranks, tied, cfg)
     result = {
@@ -859,7 +902,8 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
         "token_budgets": {k: cfg["llm"][k] for k in BUDGET_KEYS},
         "backbone": _backbone_facts(run), "methods": entries,
         "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"])},
-        "calls": _record_call(out_dir, time.time() - started),
+        "world_size": w.size, "data_parallel": parallel,
+        "calls": _record_call(out_dir, time.time() - started, w.size),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
     }
@@ -871,6 +915,7 @@ def run_pipeline(config: str | Path | dict = "cpu-quick", out: str | Path = ".",
     figures = _figures(out_dir / "figures", entries, losses, run.dataset.name) if figures_ok else []
     atomic_write_text(out_dir / "report.md", format_report(result, figures))
     _log(f"done in {time.time() - started:.0f} s; report: {out_dir / 'report.md'}")
+    distributed.barrier()  # the other ranks return what rank 0 wrote
     return {**result, "results_dir": str(out_dir)}
 
 
@@ -898,7 +943,7 @@ def _signature(cfg: dict) -> str:
     return json.dumps(sig, sort_keys=True)
 
 
-def _record_call(out_dir: Path, seconds: float) -> list[dict]:
+def _record_call(out_dir: Path, seconds: float, world_size: int = 1) -> list[dict]:
     """Append this call's wall time and peak memory to ``calls.json``; return every call so far.
 
     A resumed run reuses earlier calls' stages, so the report adds their times up and takes
@@ -906,7 +951,7 @@ def _record_call(out_dir: Path, seconds: float) -> list[dict]:
     path = out_dir / "calls.json"
     calls = read_json(path) if path.exists() else []
     calls.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": round(seconds, 1),
-                  "peak_rss_mib": round(_peak_rss_mb(), 1)})
+                  "peak_rss_mib": round(_peak_rss_mb(), 1), "world_size": world_size})
     atomic_write_json(path, calls)
     return calls
 
@@ -933,7 +978,7 @@ def _check_same_data(out_dir: Path, dataset) -> None:
                              f"{before['users']:,} users, {before['items']:,} items; now {current['name']}: "
                              f"{current['users']:,} users, {current['items']:,} items); delete that directory "
                              f"or use another --out")
-    else:
+    elif distributed.is_main():
         atomic_write_json(path, current)
 
 
@@ -1095,6 +1140,12 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
         lines += ["", f"Wall time: {sum(c['wall_seconds'] for c in calls) / 60:.1f} min over {len(calls)} "
                   f"call(s) of the pipeline; peak memory (process RSS): "
                   f"{max(c['peak_rss_mib'] for c in calls):.0f} MiB.", ""]
+    dp = result.get("data_parallel")
+    if dp:
+        per_rank = "; ".join(f"rank {c['rank']} {c['items']:,} items, {c['users']:,} users" for c in dp["encoded_per_rank"])
+        lines += [f"Processes: {dp['world_size']} ({dp['backend']}); texts each encoded without gradient in the "
+                  f"last call (catalogue, evaluation and statistics users, caches, training negatives): {per_rank}. "
+                  "Ranks and metrics computed once, on the gathered states (peak memory above: rank 0's).", ""]
     for fig in figures:
         lines.append(f"![{fig}]({fig})")
     return "\n".join(lines) + "\n"

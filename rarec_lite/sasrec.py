@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .files import atomic_write_json, load_checkpoint, save_checkpoint
 from .metrics import DEFAULT_KS, EvalResult, evaluate
 
@@ -558,6 +559,13 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         **cfg: fields of :class:`SASRecConfig` that differ from its defaults (the one place
             they are written; ``rarec-lite train-sasrec --help`` prints them).
 
+    Data-parallel under a process group (:mod:`rarec_lite.distributed`, e.g. ``accelerate launch``):
+    every rank draws the same batch, trains on its :func:`~rarec_lite.distributed.split_rows` share,
+    and the gradients are averaged weighted by the shares (the gradient of the mean over sequences;
+    one process averages over positions, so the two differ slightly, as do the dropout masks);
+    every rank keeps the same weights, rank 0 writes every file, and the checkpoint resumes with any
+    number of processes. The validation pass is not sharded (each rank runs it; it is cheap).
+
     Returns:
         :class:`SASRecRun` with the frozen best model and its valid/test :class:`EvalResult`.
 
@@ -590,6 +598,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     split = dataset.split()
     num_items, num_users = int(dataset.num_items), int(dataset.num_users)
 
+    main = distributed.is_main()
     _seed_everything(config.seed)
     model = SASRec(num_items, config.hidden, config.max_len, config.num_layers, config.num_heads, config.dropout).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -610,7 +619,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         best_state = _sub(tensors, "best.")
         _load_optimizer(opt, tensors, meta["optim_scalars"], meta["optim_param_groups"])
         state.update({k: meta[k] for k in state})
-        if progress:
+        if progress and main:
             print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
 
     def valid_eval(m: SASRec) -> EvalResult:
@@ -630,21 +639,30 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
         batches = _length_bucketed_batches(lengths, config.batch_size, gen)[:steps]
         model.train()
-        bar = tqdm(range(steps), desc=f"SASRec epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"SASRec epoch {epoch}", unit="batch", disable=not progress or not main,
+                   leave=False)
         total = 0.0
         for step in bar:
-            idx = batches[step]
-            x, y = inputs[idx], targets[idx]
-            width = int((x != 0).sum(1).max())  # trim the batch to its longest history
-            x, y = x[:, -width:].to(device), y[:, -width:].to(device)
-            loss = sequence_loss(model, x, y, config.loss, generator=gen if device == "cpu" else None,
-                                 num_negatives=config.num_negatives, gbce_t=config.gbce_t)
+            # data-parallel (rarec_lite.distributed): every rank draws the same batch and trains on its share;
+            # the gradients are averaged, weighted by the shares, so every rank keeps the same weights
+            lo, hi = distributed.split_rows(len(batches[step]))
+            weight = (hi - lo) / len(batches[step])
+            opt.zero_grad(set_to_none=True)
+            loss_value = 0.0
+            if hi > lo:
+                idx = batches[step][lo:hi]
+                x, y = inputs[idx], targets[idx]
+                width = int((x != 0).sum(1).max())  # trim the batch to its longest history
+                x, y = x[:, -width:].to(device), y[:, -width:].to(device)
+                loss = sequence_loss(model, x, y, config.loss, generator=gen if device == "cpu" else None,
+                                     num_negatives=config.num_negatives, gbce_t=config.gbce_t)
+                loss.backward()
+                loss_value = loss.item()
+            distributed.all_reduce_gradients(model.parameters(), weight)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, (epoch - 1) * steps + step + 1, steps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
-            total += loss.item()
+            total += distributed.all_reduce_mean(loss_value, weight)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         bar.close()
@@ -661,10 +679,12 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         state["train_seconds"] += seconds
         state["history"].append(dict(epoch=epoch, loss=total / steps, valid_ndcg10=ndcg,
                                      valid_hr10=valid.metrics["HR@10"], seconds=round(seconds, 2)))
-        if progress:
+        if progress and main:
             print(f"epoch {epoch:3d}  loss {total / steps:.4f}  valid NDCG@10 {ndcg:.4f}  HR@10 "
                   f"{valid.metrics['HR@10']:.4f}  {seconds:.1f}s" + ("  *best*" if improved else ""))
-        _write_checkpoint(ckpt_path, model, best_state, opt, state, conf)
+        if main:  # every rank holds the same state: one writes it
+            _write_checkpoint(ckpt_path, model, best_state, opt, state, conf)
+        distributed.barrier()
 
     # ---- export the best model
     model.load_state_dict(best_state)
@@ -675,6 +695,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     test = evaluate(model.score_histories, split.test_history, split.test_target, num_items, DEFAULT_KS,
                     config.eval_batch_size)
     users = model.encode_histories(split.test_history)  # (U, d)
+    if not main:  # rank 0 writes the exports; the others wait until they are complete
+        distributed.barrier()
+        return SASRecRun(out_dir, model, valid, test, _run_metrics(state, valid, test, conf, num_users, num_items), conf)
     save_checkpoint(out_dir / MODEL, {k: v for k, v in model.state_dict().items()},
                     {"model_config": model.config, "train_config": conf, "best_epoch": state["best_epoch"]})
     save_checkpoint(out_dir / "item_embeddings.safetensors", {"embeddings": model.item_embeddings().float()},
@@ -685,7 +708,15 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
                     {"valid": torch.from_numpy(valid.ranks), "test": torch.from_numpy(test.ranks),
                      "valid_tied": torch.from_numpy(valid.tied), "test_tied": torch.from_numpy(test.tied)},
                     {"protocol": "full-ranking", "ties": test.ties})
-    metrics = {
+    metrics = _run_metrics(state, valid, test, conf, num_users, num_items)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    distributed.barrier()
+    return SASRecRun(out_dir, model, valid, test, metrics, conf)
+
+
+def _run_metrics(state: dict, valid: EvalResult, test: EvalResult, conf: dict, num_users: int, num_items: int) -> dict:
+    """``metrics.json`` of a finished :func:`train_sasrec` run."""
+    return {
         "model": "SASRec",
         "valid": valid.to_dict(),
         "test": test.to_dict(),
@@ -696,9 +727,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         "config": conf,
         "num_users": num_users,
         "num_items": num_items,
+        "world_size": distributed.world().size,
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    return SASRecRun(out_dir, model, valid, test, metrics, conf)
 
 
 def _write_checkpoint(path: Path, model: SASRec, best_state: dict, opt, state: dict, conf: dict) -> None:
