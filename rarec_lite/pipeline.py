@@ -889,7 +889,7 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         distributed.barrier()
         return {**read_json(out_dir / "metrics.json"), "results_dir": str(out_dir)}
     w = distributed.world()
-    parallel = {"world_size": w.size, "backend": w.backend or "none (one process)",
+    parallel = {"world_size": w.size, "backend": w.backend or "none",
                 "encoded_per_rank": [{"rank": r, "items": c.get("item", 0), "users": c.get("user", 0)}
                                      for r, c in enumerate(encoded)]}
 
@@ -1143,9 +1143,12 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     dp = result.get("data_parallel")
     if dp:
         per_rank = "; ".join(f"rank {c['rank']} {c['items']:,} items, {c['users']:,} users" for c in dp["encoded_per_rank"])
-        lines += [f"Processes: {dp['world_size']} ({dp['backend']}); texts each encoded without gradient in the "
-                  f"last call (catalogue, evaluation and statistics users, caches, training negatives): {per_rank}. "
-                  "Ranks and metrics computed once, on the gathered states (peak memory above: rank 0's).", ""]
+        lines += [(f"Processes: {dp['world_size']} ({dp['backend']}, data-parallel); " if dp["world_size"] > 1
+                   else "Processes: 1; ")
+                  + f"texts encoded without gradient in the last call (catalogue, evaluation and statistics users, "
+                  f"caches, training negatives): {per_rank}."
+                  + (" Ranks and metrics computed once, on the gathered states; peak memory above is rank 0's."
+                     if dp["world_size"] > 1 else ""), ""]
     for fig in figures:
         lines.append(f"![{fig}]({fig})")
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ data-parallel alignment training must end where one process ends (up to float su
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -146,3 +147,52 @@ def test_two_processes_encode_and_train_like_one(tmp_path):
     torch.testing.assert_close(more_two["total"], more_one["total"], rtol=1e-4, atol=1e-5)
     for k, v in more_one["params"].items():
         torch.testing.assert_close(more_two["params"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+# ------------------------------------------------------------------------------ the pipeline under accelerate launch
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_gives_the_single_process_metrics(tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` (torchrun underneath; gloo without a GPU) runs the
+    ci-tiny pipeline; one process on the same RAREC_HOME (so the same SASRec, which the 2-process run trained
+    data-parallel and rank 0 wrote) then gives identical per-user ranks for every method, trained ones included;
+    and a method whose result file is deleted resumes from the 2-process training checkpoint in one process."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "RAREC_HOME": str(tmp_path / "home")}
+    env.pop("RAREC_MIRROR", None)  # the synthetic toy data (ci-tiny's fallback): the test needs no download
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "rarec_lite"]
+    one = [sys.executable, "-m", "rarec_lite"]
+    args = ["pipeline", "--config", "ci-tiny", "--out"]
+
+    def run(cmd, out):
+        proc = subprocess.run(cmd + args + [str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout, out / "results" / "ci-tiny"
+
+    log, two = run(launch, tmp_path / "two")
+    assert log.count("metrics: ") == 1 and log.count("] done in") == 1  # rank 0 alone reports
+    _, single = run(one, tmp_path / "one")
+    a, b = json.loads((single / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
+    assert a["world_size"] == 1 and b["world_size"] == 2 and b["data_parallel"]["backend"] == "gloo"
+    per_rank = b["data_parallel"]["encoded_per_rank"]
+    assert [c["rank"] for c in per_rank] == [0, 1] and all(c["items"] > 0 and c["users"] > 0 for c in per_rank)
+    # each text once: the ranks' shares add up to what one process encoded
+    for key in ("items", "users"):
+        assert sum(c[key] for c in per_rank) == a["data_parallel"]["encoded_per_rank"][0][key]
+    ra, rb = np.load(single / "ranks.npz"), np.load(two / "ranks.npz")
+    assert np.array_equal(ra["users"], rb["users"]) and set(a["methods"]) == set(b["methods"])
+    for name in a["methods"]:
+        assert np.array_equal(ra[name], rb[name]) and np.array_equal(ra[f"{name}_tied"], rb[f"{name}_tied"]), name
+        assert a["methods"][name]["NDCG@10"] == b["methods"][name]["NDCG@10"]
+    # resume with another number of processes: RA-Rec's finished 2-process checkpoint, evaluated by one process
+    (two / "methods" / "rarec.json").unlink()
+    log, _ = run(one, tmp_path / "two")
+    assert "rarec: RA-Rec" in log and "id_translation: reusing" in log
+    assert np.array_equal(np.load(two / "ranks.npz")["rarec"], rb["rarec"])
