@@ -18,6 +18,7 @@ One module per idea of the course:
 ``rarec_lite.alignment``  RA-Rec: reparameterization, contextual instruction, two towers
 ``rarec_lite.train``      alignment training loop with resumable checkpoints
 ``rarec_lite.pipeline``   the end-to-end comparison behind ``rarec-lite pipeline``
+``rarec_lite.distributed`` data parallelism (``accelerate launch`` / ``torchrun``): shard, gather, all-reduce
 ``rarec_lite.plots``      course figures
 ``rarec_lite.inspector``  the ipywidgets prompt inspector
 ``rarec_lite.progress``   progress bars that end finished in a saved notebook
