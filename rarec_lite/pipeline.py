@@ -290,8 +290,6 @@ def _peak_rss_mb() -> float:
 
 def _log(msg: str) -> None:
     """A timestamped line on stdout (rank 0 only when data-parallel)."""
-    from rarec_lite import distributed
-
     if not distributed.is_main():
         return
     print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
