@@ -560,7 +560,7 @@ class TwoTower(nn.Module):
         **Data-parallel** under a process group (:mod:`rarec_lite.distributed`), with ``shard``: the
         batches are the ones a single process forms; batch ``b`` is encoded by rank ``b % world size``
         and every rank receives all ``N`` rows in order (bit-identical to one process on the same
-        hardware). Every rank must then make the same call. ``shard=False``: this process encodes
+        hardware and threads per process). Every rank must then make the same call. ``shard=False``: this process encodes
         everything itself (a call that only some ranks make). A single process ignores ``shard``.
 
         Returns:

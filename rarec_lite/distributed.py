@@ -13,8 +13,9 @@ on CPUs) and the pipeline runs data-parallel:
   process would form; batch ``b`` goes to rank ``b % world_size`` (:func:`assigned_batches`);
   :func:`gather_batches` puts every row back at its own index on every rank. Each batch is
   computed exactly as in one process, so the gathered states are bit-identical to a
-  single-process run's on the same hardware (no user or item dropped or duplicated at a shard
-  edge; the test compares them);
+  single-process run's on the same hardware with the same threads per process (a BLAS splits a
+  matmul's sum by thread); no user or item is dropped or duplicated at a shard edge (the tests
+  compare them);
 * **training** (the alignment module, SASRec): every rank draws the same global batch, encodes
   its contiguous share (:func:`split_rows`), and the gradients are averaged over the ranks
   (:func:`all_reduce_gradients`, what DDP's reducer does, without bucketing: the trained modules
