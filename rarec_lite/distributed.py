@@ -209,8 +209,8 @@ def gather_rows(local: torch.Tensor, n: int, grad: bool = False) -> torch.Tensor
     Args:
         local: ``(hi - lo, *S)`` this rank's rows.
         n: the total number of rows.
-        grad: keep the autograd graph (``torch.distributed.nn.functional.all_gather``): the backward
-            pass sends each rank the gradient of its own rows, summed over the ranks. When every rank
+        grad: keep the autograd graph: the backward pass sends each rank the gradient of its own
+            rows, summed over the ranks (an all-reduce of the gathered tensor's gradient). When every rank
             computes the same loss of the gathered rows, that sum is ``size`` times the gradient of the
             loss, which :func:`all_reduce_gradients` (a mean over ranks) divides out again.
 
@@ -229,12 +229,23 @@ def gather_rows(local: torch.Tensor, n: int, grad: bool = False) -> torch.Tensor
     counts = [b - a for a, b in (split_rows(n, World(r, w.size)) for r in range(w.size))]
     if not grad:
         return torch.cat(_gather_padded(local, counts))
-    from torch.distributed.nn.functional import all_gather
+    return _GatherRows.apply(local, counts, w.rank)
 
-    longest = max(counts)
-    pad = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
-    parts = all_gather(torch.cat([local, pad]).contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of row shares with a backward pass: the gradient of the gathered ``(n, *S)`` tensor is
+    summed over the ranks (all-reduce) and each rank keeps the rows of its own share."""
+
+    @staticmethod
+    def forward(ctx, local, counts, rank):
+        ctx.lo, ctx.rows = sum(counts[:rank]), local.shape[0]
+        return torch.cat(_gather_padded(local, counts))
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.detach().to(_comm_device(), copy=True).contiguous()
+        torch.distributed.all_reduce(total)
+        return total[ctx.lo:ctx.lo + ctx.rows].to(grad.device), None, None
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], weight: float | None = None) -> None:

@@ -79,6 +79,7 @@ def _compute(home: str, out: Path, steps: int = 4, encode: bool = True) -> dict:
     from rarec_lite.alignment import TwoTower
     from rarec_lite.train import TrainConfig, build_text_cache, train_alignment
 
+    distributed.ENCODED.clear()  # this computation's counts only (the counter is per process)
     backbone, aligned, id_emb, samples = _setup(home)
     final, layers = TwoTower(backbone, None, "mean").encode_batched(TEXTS, "item", batch_size=4, per_layer=True,
                                                                     max_tokens=32)
