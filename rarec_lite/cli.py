@@ -66,8 +66,9 @@ SASREC_HELP = {
     "patience": "stop after this many epochs without a better validation NDCG@10; the best epoch is kept",
     "seed": "shuffling, dropout and negatives",
     "loss": "'ce' full-catalogue softmax, 'gbce' gSASRec's calibrated BCE with --num-negatives, 'bce', 'bpr'",
-    "num_negatives": "negatives per batch for --loss gbce",
+    "num_negatives": "negatives per position for --loss gbce",
     "gbce_t": "gBCE calibration t in [0, 1] (0 = plain BCE)",
+    "label_smoothing": "label smoothing eps of --loss ce (1 - eps on the target, eps / I on every item)",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 

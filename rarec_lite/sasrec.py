@@ -277,29 +277,39 @@ class _FullSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, items, pos):
+    def forward(ctx, h, items, pos, smoothing=0.0):
         p = h @ items.T  # (N, I) logits
         top = p.max(1, keepdim=True).values
+        mean_logit = p.mean(1, keepdim=True) if smoothing else None
         p.sub_(top).exp_()
         total = p.sum(1, keepdim=True)
-        loss = (total.log() - p.gather(1, pos[:, None]).log()).mean()
+        nll = total.log() - p.gather(1, pos[:, None]).log()  # (N, 1): log Z - l_pos
+        if smoothing:  # (1 - eps) * nll + eps * (log Z - mean_i l_i)
+            nll = (1.0 - smoothing) * nll + smoothing * (total.log() + top - mean_logit)
+        loss = nll.mean()
+        ctx.smoothing = smoothing
         ctx.save_for_backward(h, items, pos, p, total)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
         h, items, pos, p, total = ctx.saved_tensors
+        eps = ctx.smoothing
         p.div_(total)  # softmax
-        p[torch.arange(len(pos), device=p.device), pos] -= 1.0
+        if eps:
+            p.sub_(eps / p.shape[1])
+        p[torch.arange(len(pos), device=p.device), pos] -= 1.0 - eps
         p.mul_(grad / len(pos))
-        return p @ items, p.T @ h, None
+        return p @ items, p.T @ h, None, None
 
 
-def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """``F.cross_entropy(h @ items.T, pos)`` with less memory traffic (:class:`_FullSoftmaxCE`).
+def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, pos: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``F.cross_entropy(h @ items.T, pos, label_smoothing=...)`` with less memory traffic (:class:`_FullSoftmaxCE`).
 
     Args:
         h: ``(N, d)`` states; items: ``(I, d)`` item embeddings; pos: ``(N,)`` target item ids.
+        label_smoothing: ``eps`` in ``[0, 1)``: the target distribution is ``1 - eps`` on ``pos``
+            plus ``eps / I`` on every item (Szegedy et al. 2016, Sec. 7; torch's definition).
 
     Returns:
         scalar, nats per position (mean over ``N``).
@@ -308,7 +318,7 @@ def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, pos: torch.Tensor) -> 
         ``exp(l - max)`` can underflow to 0 for the target only when its logit is ~88 below the
         row's best (then the loss is ``inf``, as a float32 log-softmax would give ~88+).
     """
-    return _FullSoftmaxCE.apply(h, items, pos)
+    return _FullSoftmaxCE.apply(h, items, pos, float(label_smoothing))
 
 
 def gbce_beta(num_items: int, num_negatives: int, t: float) -> float:
@@ -331,7 +341,7 @@ def gbce_beta(num_items: int, num_negatives: int, t: float) -> float:
 
 def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
                   generator: torch.Generator | None = None, num_negatives: int = 256,
-                  gbce_t: float = 0.75) -> torch.Tensor:
+                  gbce_t: float = 0.75, label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-item loss averaged over the non-padding positions of a batch.
 
     Args:
@@ -350,6 +360,7 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
             2009) with the same negative. ``s`` is the logistic sigmoid.
         generator: RNG for the negatives.
         num_negatives, gbce_t: ``k`` and ``t`` of ``"gbce"`` (ignored by the other losses).
+        label_smoothing: ``eps`` of ``"ce"`` (:func:`full_softmax_ce`; ignored by the other losses).
 
     Returns:
         scalar tensor (nats per position).
@@ -365,7 +376,7 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
     pos = targets[keep] - 1  # (N,) item ids
     items = model.item_embeddings()
     if loss == "ce":
-        return full_softmax_ce(h, items, pos)
+        return full_softmax_ce(h, items, pos, label_smoothing)
     pos_logit = (h * items[pos]).sum(-1)
     if loss == "gbce":
         beta = gbce_beta(model.num_items, num_negatives, gbce_t)
@@ -414,7 +425,8 @@ class SASRecConfig:
             validation NDCG@10 (the best epoch's weights are kept).
         seed: shuffling, dropout and negatives.
         loss: ``"ce"``, ``"gbce"``, ``"bpr"`` or ``"bce"`` (:func:`sequence_loss`);
-            ``num_negatives``, ``gbce_t``: ``k`` and ``t`` of ``"gbce"``.
+            ``num_negatives``, ``gbce_t``: ``k`` and ``t`` of ``"gbce"``; ``label_smoothing``: ``eps``
+            of ``"ce"`` (:func:`full_softmax_ce`).
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
@@ -434,6 +446,7 @@ class SASRecConfig:
     loss: str = "ce"
     num_negatives: int = 256
     gbce_t: float = 0.75
+    label_smoothing: float = 0.0
     eval_batch_size: int = 1024
 
 
@@ -590,6 +603,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
                              f"{getattr(config, name)}")
     if config.loss == "gbce":
         gbce_beta(int(dataset.num_items), config.num_negatives, config.gbce_t)  # range checks
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
     conf = asdict(config)
     # fields that may change between a run and its resumption without changing the result so far
     resumable = {"patience", "eval_batch_size"} | ({"epochs"} if config.lr_schedule == "constant" else set())
@@ -655,7 +670,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
                 width = int((x != 0).sum(1).max())  # trim the batch to its longest history
                 x, y = x[:, -width:].to(device), y[:, -width:].to(device)
                 loss = sequence_loss(model, x, y, config.loss, generator=gen if device == "cpu" else None,
-                                     num_negatives=config.num_negatives, gbce_t=config.gbce_t)
+                                     num_negatives=config.num_negatives, gbce_t=config.gbce_t,
+                                     label_smoothing=config.label_smoothing)
                 loss.backward()
                 loss_value = loss.item()
             distributed.all_reduce_gradients(model.parameters(), weight)

@@ -372,6 +372,35 @@ def test_full_softmax_ce_value_and_gradients_match_torch():
     assert got[1][0].abs().max() == 0  # the padding row gets no gradient
 
 
+def test_full_softmax_ce_label_smoothing_matches_torch_and_a_hand_computed_value():
+    from rarec_lite.sasrec import full_softmax_ce
+
+    # by hand: logits (0, ln 3) for one position with target 0, eps = 0.5 on I = 2 items:
+    # p = (1/4, 3/4); target distribution (1 - eps) * (1, 0) + eps / 2 = (3/4, 1/4);
+    # loss = -(3/4) ln(1/4) - (1/4) ln(3/4); gradient wrt the logits p - q = (-1/2, 1/2)
+    h = torch.tensor([[1.0]], requires_grad=True)
+    table = torch.tensor([[0.0], [math.log(3.0)]], requires_grad=True)
+    loss = full_softmax_ce(h, table, torch.tensor([0]), label_smoothing=0.5)
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.75 * math.log(0.25) - 0.25 * math.log(0.75), rel=1e-6)
+    assert table.grad[:, 0].tolist() == pytest.approx([-0.5, 0.5])  # (p - q) * h
+    assert h.grad.item() == pytest.approx(0.5 * math.log(3.0))  # (p - q) . logits' slopes (0, ln 3)
+
+    torch.manual_seed(5)
+    h = (3 * torch.randn(6, 4)).requires_grad_()
+    table = torch.randn(10, 4, requires_grad=True)
+    pos = torch.tensor([0, 3, 9, 2, 2, 7])
+    ours = full_softmax_ce(h, table, pos, label_smoothing=0.1)
+    ours.backward()
+    got = (h.grad.clone(), table.grad.clone())
+    h.grad = table.grad = None
+    ref = F.cross_entropy(h @ table.T, pos, label_smoothing=0.1)
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(got[0], h.grad)
+    torch.testing.assert_close(got[1], table.grad)
+
+
 def test_train_sasrec_help_shows_every_config_default(capsys):
     import dataclasses
 
