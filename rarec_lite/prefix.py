@@ -62,17 +62,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def prefix_key_values(backbone, layer: int, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_key_values(backbone, layer: int, d: torch.Tensor, rotary: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values that prefix vectors ``d`` produce at ``layer`` (RA-Rec Sec. 3).
 
     Args:
         backbone: a :class:`rarec_lite.llm.Backbone`.
         layer: layer index, ``0 <= layer < info.num_layers``.
         d: ``(B, P, H)`` prefix vectors, hidden states at the input of ``layer``.
+        rotary: LLaMA only: give the keys rotary position embedding at positions ``0..P-1`` (the
+            joint attention, where the prefix sits in front of the text); False for the gated
+            attention, whose prefix slots have no position (:func:`forward_with_prefix`).
 
     Returns:
-        ``(keys, values)``, each ``(B, num_kv_heads, P, head_dim)``; for LLaMA the keys carry
-        rotary position embedding at positions ``0..P-1``. For ``P = 0`` (or ``B = 0``) both
+        ``(keys, values)``, each ``(B, num_kv_heads, P, head_dim)``; for LLaMA with ``rotary`` the
+        keys carry rotary position embedding at positions ``0..P-1``. For ``P = 0`` (or ``B = 0``) both
         are empty views of ``d`` and no layer of the model is called: a zero-length input into
         a bitsandbytes 4-bit layer whose weight was repacked for AVX512-BF16 kills the
         interpreter with SIGFPE (bitsandbytes 0.50.2; see
@@ -93,6 +96,8 @@ def prefix_key_values(backbone, layer: int, d: torch.Tensor) -> tuple[torch.Tens
             k = attn.k_norm(k)
         k = k.transpose(1, 2)
         v = attn.v_proj(x).view(kv_shape).transpose(1, 2)
+        if not rotary:
+            return k, v
         positions = torch.arange(P, device=d.device).unsqueeze(0)
         cos, sin = model.rotary_emb(x, positions)  # (1, P, head_dim) each
         cos, sin = cos.unsqueeze(1).to(k.dtype), sin.unsqueeze(1).to(k.dtype)
@@ -161,8 +166,54 @@ def _refuse_checkpointing_with_prefixes(model, arch: str, P: int) -> None:
         )
 
 
+def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor) -> list:
+    """Hooks that add each layer's gated prefix attention to its attention output (see
+    :func:`forward_with_prefix`, ``prefix_gate``). Returns the hook handles (remove them after use).
+
+    Per layer ``l`` the text's own queries ``q`` (the layer's frozen query projection, before any
+    rotary embedding) attend over the ``P`` prefix slots alone, ``a = softmax(q k_P^T / sqrt(head_dim))``,
+    and ``gate[l] * a v_P`` is added to the heads' output right before the layer's output projection
+    (LLaMA ``o_proj``, GPT-2 ``c_proj``, BERT: the self-attention's output, before ``output.dense``).
+    The text's attention over itself is untouched."""
+    info, model = backbone.info, backbone.model
+    arch, nh, hd = info.architecture, info.num_heads, info.head_dim
+    rep = nh // info.num_kv_heads
+    handles, queries = [], {}
+
+    def prefix_output(l, x):  # x: (B, T, nh * hd) whose rows get the prefix's share
+        B, T = x.shape[:2]
+        q = queries.pop(l).reshape(B, T, nh, hd)
+        if arch == "llama" and hasattr(block_attn[l], "q_norm"):  # Qwen3-style per-head query norm
+            q = block_attn[l].q_norm(q)
+        k, v = kv[l]
+        if rep > 1:  # grouped-query attention: each key/value head serves `rep` query heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        a = torch.softmax((q.transpose(1, 2) @ k.transpose(-1, -2)).float() / hd ** 0.5, dim=-1)  # (B, nh, T, P)
+        o = (a.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, nh * hd)
+        return x + gate[l].to(x.dtype) * o.to(x.dtype)
+
+    block_attn = []
+    for l, block in enumerate(_layers(model, arch)):
+        if arch == "llama":
+            attn = block.self_attn
+            q_mod, out_mod, q_of = attn.q_proj, attn.o_proj, (lambda out: out)
+        elif arch == "gpt2":
+            attn = block.attn
+            q_mod, out_mod, q_of = attn.c_attn, attn.c_proj, (lambda out, s=attn.split_size: out[..., :s])
+        else:
+            attn = block.attention.self
+            q_mod, out_mod, q_of = attn.query, None, (lambda out: out)
+        block_attn.append(attn)
+        handles.append(q_mod.register_forward_hook(lambda m, i, out, l=l, f=q_of: queries.__setitem__(l, f(out))))
+        if out_mod is not None:
+            handles.append(out_mod.register_forward_pre_hook(lambda m, args, l=l: (prefix_output(l, args[0]),) + args[1:]))
+        else:  # BERT: add to the self-attention's output (B, T, H) before output.dense
+            handles.append(attn.register_forward_hook(lambda m, i, out, l=l: (prefix_output(l, out[0]),) + tuple(out[1:])))
+    return handles
+
+
 def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None,
-                        prefix_bias: torch.Tensor | float | None = None):
+                        prefix_bias: torch.Tensor | float | None = None, prefix_gate: torch.Tensor | float | None = None):
     """Run the frozen backbone with per-layer prefix keys/values (RA-Rec Sec. 3).
 
     Args:
@@ -179,6 +230,14 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
             ``exp(bias)``), 0 is plain prefix tuning. RA-Rec's alignment starts from a closed
             gate so that training starts from the zero-shot model
             (:class:`rarec_lite.alignment.RAAlignment`).
+        prefix_gate: ``None`` (the **joint** attention above: the prefix K/V sit in front of the text's
+            and share one softmax with them) or a scalar / ``(L,)`` tensor of per-layer gates, the
+            **gated** attention (LLaMA-Adapter's zero-init attention, Zhang et al. 2023, arXiv
+            2303.16199, Sec. 3.2): the text runs exactly as in the plain model (positions ``0..T-1``,
+            its own softmax), and at layer ``l`` its queries also attend over the ``P`` prefix slots
+            alone (keys without rotary embedding); ``gate[l]`` times that output is added to the
+            heads' output before the layer's output projection. Gate 0 gives exactly the plain
+            model; the gate is differentiable. ``prefix_bias`` must then be ``None``.
 
     Returns:
         tuple of ``num_layers + 1`` hidden states, each ``(B, T, H)`` for the text tokens
@@ -235,9 +294,28 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
     if P > 0:
         _refuse_checkpointing_with_prefixes(model, info.architecture, P)
 
+    dtype = model.get_input_embeddings().weight.dtype
+    if prefix_gate is not None:
+        if prefix_bias is not None:
+            raise ValueError("prefix_bias is for the joint attention; the gated attention (prefix_gate) has none")
+        gate = torch.as_tensor(prefix_gate, device=device)
+        gate = gate.expand(info.num_layers) if gate.dim() == 0 else gate
+        if gate.shape != (info.num_layers,):
+            raise ValueError(f"prefix_gate must be a scalar or ({info.num_layers},); got shape {tuple(gate.shape)}")
+        if P == 0:
+            return forward_with_prefix(backbone, input_ids, attention_mask, None)
+        kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype), rotary=False)
+              for l, d in enumerate(prefixes)]
+        handles = _gated_prefix_hooks(backbone, kv, gate)
+        try:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return tuple(out.hidden_states)
+
     from transformers import DynamicCache
 
-    dtype = model.get_input_embeddings().weight.dtype
     kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype)) for l, d in enumerate(prefixes)]
     cache = DynamicCache(kv)
     mask = extended_attention_mask(attention_mask, P, causal=info.is_causal, dtype=dtype)

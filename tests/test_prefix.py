@@ -384,3 +384,94 @@ def test_gradient_checkpointing_in_training_mode_is_refused_with_the_fix(backbon
     assert len(plain) == 3
     bb.model.gradient_checkpointing_disable()
     torch.testing.assert_close(forward_with_prefix(bb, ids, mask, d)[-1], expected, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the gated attention (prefix_gate)
+
+def _attention_output(bb, layer_idx, ids, mask, **kw):
+    """The output of one layer's attention sub-module (LLaMA/GPT-2: after the output projection;
+    BERT: the self-attention's context, before output.dense), captured with a hook."""
+    arch = bb.info.architecture
+    block = (bb.model.layers if arch == "llama" else bb.model.h if arch == "gpt2" else bb.model.encoder.layer)[layer_idx]
+    got = {}
+    if arch == "bert":  # the self-attention's context as BertSelfOutput receives it
+        h = block.attention.output.register_forward_pre_hook(lambda m, args: got.__setitem__("out", args[0]))
+    else:
+        mod = block.self_attn if arch == "llama" else block.attn
+        h = mod.register_forward_hook(lambda m, i, out: got.__setitem__("out", out[0]))
+    try:
+        forward_with_prefix(bb, ids, mask, **kw)
+    finally:
+        h.remove()
+    return got["out"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gated_prefix_closed_gate_is_exactly_the_plain_model(backbones, name):
+    bb = backbones[name]
+    ids, mask = _batch(bb)
+    plain = forward_with_prefix(bb, ids, mask, None)
+    closed = forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 3), prefix_gate=torch.zeros(bb.info.num_layers))
+    for a, b in zip(plain, closed):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    opened = forward_with_prefix(bb, ids, mask, _prefixes(bb, 2, 3), prefix_gate=1.0)
+    assert (opened[-1] - plain[-1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gated_prefix_layer0_by_hand(backbones, name):
+    """Layer 0's attention output moves by exactly g * proj(softmax(q k^T / sqrt(hd)) v), with q the
+    text's own query projection (no rotary), k/v the prefix's (no rotary), recomputed from the weights."""
+    bb = backbones[name]
+    info, arch = bb.info, bb.info.architecture
+    ids, mask = _batch(bb)
+    B, P, nh, hd = 2, 3, info.num_heads, info.head_dim
+    prefixes = _prefixes(bb, B, P, seed=1)
+    g = 0.7
+    plain = _attention_output(bb, 0, ids, mask, prefixes=None)
+    gated = _attention_output(bb, 0, ids, mask, prefixes=prefixes, prefix_gate=g)
+    h0 = forward_with_prefix(bb, ids, mask, None)[0]  # the layer's input: the embeddings
+    d = prefixes[0]
+    if arch == "llama":
+        blk = bb.model.layers[0]
+        eps = bb.model.config.rms_norm_eps
+        norm = lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * blk.input_layernorm.weight
+        q = norm(h0) @ blk.self_attn.q_proj.weight.T
+        k, v = norm(d) @ blk.self_attn.k_proj.weight.T, norm(d) @ blk.self_attn.v_proj.weight.T
+        proj = lambda o: o @ blk.self_attn.o_proj.weight.T
+    elif arch == "gpt2":
+        blk = bb.model.h[0]
+        W, b = blk.attn.c_attn.weight, blk.attn.c_attn.bias  # Conv1D: x @ W + b
+        H = info.hidden_size
+        q = (blk.ln_1(h0) @ W + b)[..., :H]
+        kv = blk.ln_1(d) @ W + b
+        k, v = kv[..., H:2 * H], kv[..., 2 * H:]
+        proj = lambda o: o @ blk.attn.c_proj.weight
+    else:
+        blk = bb.model.encoder.layer[0].attention.self
+        q, k, v = blk.query(h0), blk.key(d), blk.value(d)
+        proj = lambda o: o
+    rep = nh // info.num_kv_heads
+    q = q.view(B, -1, nh, hd).transpose(1, 2)
+    k = k.view(B, P, -1, hd).transpose(1, 2).repeat_interleave(rep, 1)
+    v = v.view(B, P, -1, hd).transpose(1, 2).repeat_interleave(rep, 1)
+    a = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5, dim=-1)
+    expected = g * proj((a @ v).transpose(1, 2).reshape(B, -1, nh * hd))
+    torch.testing.assert_close(gated - plain, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gated_prefix_gradients_reach_prefixes_and_gate_not_the_llm(backbones, name):
+    bb = backbones[name]
+    ids, mask = _batch(bb)
+    prefixes = [p.requires_grad_() for p in _prefixes(bb, 2, 2)]
+    gate = torch.full((bb.info.num_layers,), 0.5, requires_grad=True)
+    out = forward_with_prefix(bb, ids, mask, prefixes, prefix_gate=gate)
+    out[-1].pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prefixes)
+    assert gate.grad is not None and (gate.grad != 0).all()
+    assert all(p.grad is None for p in bb.model.parameters())
+    with pytest.raises(ValueError, match="prefix_gate must be"):
+        forward_with_prefix(bb, ids, mask, prefixes, prefix_gate=torch.ones(bb.info.num_layers + 1))
+    with pytest.raises(ValueError, match="joint attention"):
+        forward_with_prefix(bb, ids, mask, prefixes, prefix_bias=0.0, prefix_gate=1.0)
