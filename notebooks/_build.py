@@ -518,27 +518,31 @@ for ax, (name, f) in zip(axes, [("history length", lambda s: len(s.history)), ("
     ax.set_xlabel({"history length": "items in the history (symlog scale)",
                    "target popularity": "training interactions of the target item (symlog scale)"}[name])
     ax.set_ylabel("density (share of pairs per unit)")'''),
-    md("## 3. Step 0: training starts from the zero-shot model\nThe alignment starts with its **gate closed**: every "
-       "soft-prompt slot's attention logit gets a bias of -20, so the text attends to the untrained, random "
-       "prefix with weight about `exp(-20)`, i.e. not at all. The untrained towers therefore rank like the zero-shot "
-       "LLM reading the hybrid hard prompt (the 3 most recent item texts), and training can only start from there; "
-       "during a warm-up the trainer opens the gate. `exp.step0` scores the evaluation users with the untrained "
-       "towers; next to it, zero-shot ID Translation (the whole history as text, cut to the token budget)."),
+    md("## 3. Step 0: training starts from the zero-shot model\nThe text reads the soft prompt through **gated "
+       "attention** (LLaMA-Adapter's zero-init attention): at every layer the text keeps its own attention exactly "
+       "and attends to the soft-prompt slots with a softmax of their own; a per-layer gate scales what that adds. "
+       "During a warm-up the trainer multiplies every gate by a factor rising from 0 to 1, so at step 0 the towers "
+       "are *exactly* the zero-shot LLM reading the hybrid hard prompt (the 3 most recent item texts). The gates "
+       "start at 0 except the last layer's: both towers start from one random reparameterization (`tie_init`), so "
+       "once the warm-up opens, the last layer writes `M e_u` into the user state and `M e_i` into the item state "
+       "with the same `M`, and their dot product carries SASRec's own score `e_u . e_i` (a random projection of it). "
+       "`exp.step0` scores the evaluation users with the untrained towers; next to it, zero-shot ID Translation "
+       "(the whole history as text, cut to the token budget)."),
     code('''\
 s0 = exp.step0(tower, rarec)
 zs = exp.run_method(METHODS["id_translation"])
 zero_shot = metrics.metrics_from_ranks(zs["ranks"], (10, 100), tied=zs["tied"])
-print(f"gate at step 0: {float(align.prefix_bias('user').detach()):+.1f} (attention weight x {np.exp(float(align.prefix_bias('user').detach())):.1e})")
-print(f"item states with the closed gate are within {s0['max_item_deviation']:.1e} (relative) of the text-only ones")
-for name, m in [("RA-Rec, step 0 (closed gate)", s0), ("ID Translation, zero-shot", zero_shot)]:
+print(f"warm-up factor at step 0: {align.warmup_open:.0f}; per-layer gates behind it: {align.gate['user'].tolist()}")
+print(f"item states at step 0 are within {s0['max_item_deviation']:.1e} (relative) of the text-only ones")
+for name, m in [("RA-Rec, step 0 (= zero-shot)", s0), ("ID Translation, zero-shot", zero_shot)]:
     print(f"{name:30s}" + "  ".join(f"{k} {m[k]:.4f}" for k in ("HR@10", "NDCG@10", "HR@100")))'''),
     md("## 4. Train\n`exp.train` is the pipeline's training step (`train.train_alignment` with the config's "
        "`[train]` section): user prompt = hybrid hard prompt + user soft prompt, item prompt = item text + item soft "
        "prompt; InfoNCE's fixed side (the text-only representations of the same users and items) is encoded once and "
        "cached. The checkpoint lives in `exp.out`: running the cell again resumes (or reuses) it.\n\n"
        "What the curves should do: **BPR** (the ranking loss, `-log sigmoid` of the positive's score minus a "
-       "negative's, averaged over in-batch negatives and uniformly drawn items encoded fresh at every step) starts at the zero-shot towers' value, the gate being "
-       "closed, and should fall as the soft prompts learn to rank. "
+       "negative's, averaged over in-batch negatives and uniformly drawn items encoded fresh at every step) starts at the zero-shot towers' value (the warm-up factor "
+       "is 0) and should fall as the soft prompts learn to rank. "
        "**InfoNCE** (per layer, the ID part of the soft prompt against the text-only representation, mean over layers "
        "and towers) starts near `log B` for a batch of `B` (a soft prompt that tells nobody apart scores exactly "
        "`log B`; a random one can score above it) and should fall as the ID side learns to say what the text says. "
@@ -550,12 +554,10 @@ print(f"{result.steps} steps of {B} pairs in {result.seconds:.1f} s, {result.tra
 print(f"InfoNCE at step 1: {result.infonce[0]:.2f} nats (log B = {np.log(B):.2f}); at the end: {result.infonce[-1]:.2f}")
 plots.training_curves({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
                       smooth=max(1, result.steps // 20));'''),
-    md("The gate the training learned (the bias added to every soft-prompt slot's attention logit; 0 = no bias, "
-       "a closed gate is -20):"),
+    md("The per-layer gates the training learned (layer 1 first; they started at 0 except the last layer's):"),
     code('''\
 for t in ("user", "item"):
-    g = float(align.prefix_bias(t).detach())
-    print(f"{t} tower: gate {g:+.3f} (attention weight x {np.exp(g):.2f})")'''),
+    print(f"{t} tower: " + "  ".join(f"{g:+.3f}" for g in align.gate[t].tolist()))'''),
     md("## 5. Evaluate on the test users\n`exp.evaluate_tower` encodes the whole catalogue through the trained item "
        "tower, refreshes the standardisation from training users, and ranks every item for the evaluation users "
        "(full ranking, history masked). Metrics are exact expectations over ties."),
@@ -564,7 +566,7 @@ greater, tied = exp.evaluate_tower(tower, rarec)
 trained = metrics.metrics_from_ranks(greater, (10, 100), tied=tied)
 sas = exp.run_method(METHODS["sasrec"])
 table = pd.DataFrame.from_dict({
-    "RA-Rec, step 0 (closed gate)": s0,
+    "RA-Rec, step 0 (= zero-shot)": s0,
     "RA-Rec, trained": trained,
     "ID Translation, zero-shot": zero_shot,
     "SASRec (ID only)": metrics.metrics_from_ranks(sas["ranks"], (10, 100), tied=sas["tied"]),
@@ -684,12 +686,13 @@ recs["ID Translation"] = course.ranking_recommender(uv, iv, users, ds, tower=zer
 exp = course.experiment(cfg, progress=False)  # notebook 06's experiment (same data, same SASRec): its alignment is under exp.out
 a = exp.cfg["alignment"]
 align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=a["num_id_tokens"],
-                              num_instruction_tokens=a["num_instruction_tokens"], gate_init=a["gate_init"])
+                              num_instruction_tokens=a["num_instruction_tokens"], gate_init=a["gate_init"],
+                              attention=a["attention"], last_layer_gate=a["last_layer_gate"])
 try:
     print("RA-Rec alignment from step", train.load_alignment(align, exp.out / "train" / "rarec"))
     align.gate_offset = 0.0  # trained: the gate is what was learned (load_alignment restores the parameters only)
 except FileNotFoundError:
-    print("no trained alignment found (run notebook 06): showing an untrained module (closed gate: the zero-shot model)")
+    print("no trained alignment found (run notebook 06): showing an untrained module (warm-up factor 0: the zero-shot model)")
 budgets = course.token_budgets(cfg.dataset)  # the main job's budgets on this dataset (Clothing 64 / 24)
 rarec = course.two_tower(cfg, bb, item_text_prompts, align, max_item_tokens=budgets["item_max_tokens"])
 _, uv, iv = course.evaluate_two_tower(

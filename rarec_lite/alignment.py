@@ -11,8 +11,8 @@ each tower (user, item) it builds prefix vectors (a per-layer soft prompt):
   (SASRec user embedding for the user tower, SASRec item embedding for the item tower) into
   ``n_id`` vectors of width ``H``.
 
-The prefix vectors enter layer ``l`` as hidden states in front of the text, pushed through
-the layer's own frozen norm and K/V projections (:func:`rarec_lite.prefix.forward_with_prefix`).
+The prefix vectors enter layer ``l`` as hidden states, pushed through the layer's own frozen
+norm and K/V projections: that layer's prefix keys/values (:func:`rarec_lite.prefix.forward_with_prefix`).
 The user tower reads the hybrid prompt (a short hard prompt + the user soft prompt), the
 item tower the item text + the item soft prompt; the score is the dot product of the (standardised) pooled
 final states (:class:`TwoTower`), and :meth:`TwoTower.loss` is the training objective on one batch. This
@@ -24,7 +24,28 @@ the same budget), ``use_instruction=False`` (w/o contextual instruction), ``laye
 (one projector shared by all layers). ``lam = 0`` (w/o InfoNCE) is a training option
 (:mod:`rarec_lite.train`).
 
-**Starting from the zero-shot model: the gate.** Every prefix slot's attention logit gets a
+**How the text reads the soft prompt: gated attention (default) or joint attention.** The paper
+prepends the soft prompt to every layer and leaves open how the text's attention mixes it with its own
+context. ``attention="joint"`` is classic prefix tuning: the prefix keys sit in front of the text's and
+share one softmax with them, so every prefix slot takes attention mass from the text at every layer.
+``attention="gated"`` (the default) is LLaMA-Adapter's zero-init attention (Zhang et al. 2023, arXiv
+2303.16199, Sec. 3.2): the text keeps its own attention exactly, attends to the prefix slots with a
+softmax of their own, and a learned per-layer gate ``g_l`` scales what that adds to the layer's output.
+Measured on a Clothing proxy (1,000 test users ranked among 5,033 items, 150 steps): the joint attention
+fell from the zero-shot HR@50 0.112 to 0.061 as its gate opened (the random prefix takes attention mass
+from the text in all 6 layers), the gated one did not (README, "Results").
+
+**Starting from the zero-shot model and from SASRec's geometry.** In the gated attention the trainer's
+warm-up multiplies every gate by a factor rising linearly from 0 (step 0: exactly the zero-shot model)
+to 1 (:attr:`RAAlignment.warmup_open`). The gates start at 0 except the last layer's
+(``last_layer_gate``): with ``tie_init`` both towers share one random reparameterization, so at the last
+layer the user's and the item's soft prompts write ``M e_u`` and ``M e_i`` with the same ``M`` into their
+final states, and the score gains ``e_u^T M^T M e_i``, a random-projection estimate of SASRec's own
+score ``e_u . e_i``. Training starts from "zero-shot LLM + SASRec" instead of learning the ID route from
+nothing (what 150 steps of 16 pairs could not do); a random map in the earlier layers goes through the
+remaining frozen layers and lands as noise, so those gates start closed and open only as the loss asks.
+
+**The joint attention's gate.** Every prefix slot's attention logit gets a
 learnable per-tower bias ``g`` (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_bias``),
 very negative at step 0 (``gate_init = -20``): the text attends to the soft prompt with weight
 about ``exp(gate_init)`` times ``exp(q.k)``, so the untrained model ranks like the zero-shot two-tower
@@ -85,13 +106,17 @@ class RAAlignment(nn.Module):
             tower (``None``: no gate, the prefix is fully visible from step 0). See the module
             docstring.
         tie_init: both towers start from the same random draw (the same contextual instruction
-            and the same reparameterization per layer; they train apart). See "Tied start" in the
-            module docstring.
+            and the same reparameterization per layer; they train apart). See "Starting from the
+            zero-shot model and from SASRec's geometry" in the module docstring.
+        attention: ``"gated"`` (default; per-layer gates, LLaMA-Adapter's zero-init attention) or
+            ``"joint"`` (classic prefix tuning with the log-space gate ``gate_init``). See the module
+            docstring.
+        last_layer_gate: gated attention: the last layer's gate at the start (the others start at 0).
 
     Trainable parameters (both towers; formula of :meth:`expected_num_params`):
     ``2 * ( use_instruction * L * n_instr * H + use_id * L' * (d + 1) * n_id * H )`` with
-    ``L' = L`` if ``layer_specific`` else 1; plus one gate scalar per tower when ``gate_init``
-    is not ``None``.
+    ``L' = L`` if ``layer_specific`` else 1; plus the gate per tower: ``L`` scalars with the gated
+    attention, one with the joint attention when ``gate_init`` is not ``None``.
 
     Raises:
         ValueError: both ``use_id`` and ``use_instruction`` off (nothing to train: use
@@ -105,7 +130,8 @@ class RAAlignment(nn.Module):
     def __init__(self, info: Any, id_dim: int, num_id_tokens: int = 1, num_instruction_tokens: int = 4,
                  layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
                  init_scale: float | Sequence[float] = 1.0, seed: int | None = 0,
-                 gate_init: float | None = -20.0, tie_init: bool = True):
+                 gate_init: float | None = -20.0, tie_init: bool = True, attention: str = "gated",
+                 last_layer_gate: float = 0.5):
         super().__init__()
         if not (use_id or use_instruction):
             raise ValueError("use_id and use_instruction are both False: nothing to train "
@@ -117,6 +143,9 @@ class RAAlignment(nn.Module):
             raise ValueError(f"use_id needs id_dim >= 1 and num_id_tokens >= 1; got {id_dim}, {num_id_tokens}")
         if use_instruction and num_instruction_tokens < 1:
             raise ValueError("use_instruction needs num_instruction_tokens >= 1")
+        if attention not in ("gated", "joint"):
+            raise ValueError(f"attention must be 'gated' or 'joint'; got {attention!r}")
+        self.attention = attention
         self.num_layers = L = int(info.num_layers)
         self.hidden_size = H = int(info.hidden_size)
         self.id_dim = int(id_dim)
@@ -134,7 +163,12 @@ class RAAlignment(nn.Module):
         self.gate_init = None if gate_init is None else float(gate_init)
         self.gate_offset = 0.0 if gate_init is None else float(gate_init)  # an untrained module is closed
         self.gate = nn.ParameterDict()
-        if gate_init is not None:
+        if attention == "gated":  # per-layer gates g (L,): 0 except the last layer's (see the module docstring)
+            for tower in TOWERS:
+                g = torch.zeros(L)
+                g[-1] = float(last_layer_gate)
+                self.gate[tower] = nn.Parameter(g)
+        elif gate_init is not None:
             for tower in TOWERS:
                 self.gate[tower] = nn.Parameter(torch.tensor(0.0))
 
@@ -177,18 +211,20 @@ class RAAlignment(nn.Module):
     def expected_num_params(num_layers: int, hidden_size: int, id_dim: int, num_id_tokens: int = 1,
                             num_instruction_tokens: int = 4, layer_specific: bool = True,
                             use_instruction: bool = True, use_id: bool = True, num_towers: int = 2,
-                            gate: bool = True) -> int:
+                            gate: bool = True, attention: str = "gated") -> int:
         """Closed form of the trainable-parameter count.
 
         ``towers * ( use_instruction * L * n_instr * H  +  use_id * L' * (d + 1) * n_id * H )``,
         ``L' = L`` when ``layer_specific`` else 1 (``d + 1``: weight + bias of the linear map),
-        ``+ towers`` with the gate (one scalar per tower).
+        ``+ towers * L`` per-layer gates with the gated attention, ``+ towers`` with the joint
+        attention's gate (``gate``: one scalar per tower).
         SmolLM2 first 8 layers (H = 576), d = 64, n_id = 1, n_instr = 4, no gate: 2 * (18,432 +
         299,520) = 635,904.
         """
         maps = num_layers if layer_specific else 1
         per_tower = (int(use_instruction) * num_layers * num_instruction_tokens * hidden_size
-                     + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size + int(gate))
+                     + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size
+                     + (num_layers if attention == "gated" else int(gate)))
         return num_towers * per_tower
 
     def num_trainable(self) -> int:
@@ -249,9 +285,47 @@ class RAAlignment(nn.Module):
         a random prefix first makes the loss worse, so the gate closes further and the prefix
         never gets a chance (measured on tiny LLaMA: the gate ran from -12 to -38, below float32
         resolution, and BPR never moved)."""
-        if tower not in self.gate:
+        if self.attention != "joint" or tower not in self.gate:
             return None
         return self.gate[tower] + self.gate_offset
+
+    @property
+    def soft_prompt_visible(self) -> bool:
+        """Whether the text can see the soft prompt at all: the joint attention always (its closed
+        gate is a very negative bias, not exactly zero), the gated attention once the warm-up opened."""
+        return self.attention == "joint" or self.warmup_open > 0
+
+    def closed_parameter_names(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the reparameterization maps of layers whose gate is
+        exactly 0 in their tower (gated attention): no ranking-loss gradient can reach them until the
+        gate moves, so the trainer's gradient guard leaves them out."""
+        if self.attention != "gated" or not self.use_id:
+            return set()
+        out = set()
+        for tower in TOWERS:
+            for l in (self.gate[tower] == 0).nonzero().flatten().tolist():
+                if self.layer_specific:
+                    out |= {f"reparam.{tower}.{l}.weight", f"reparam.{tower}.{l}.bias"}
+        return out
+
+    @property
+    def warmup_open(self) -> float:
+        """How far the trainer's warm-up has opened the soft prompt: 0 for an untrained module
+        (``gate_offset = gate_init``), rising linearly to 1 at the end of the warm-up; 1 without
+        ``gate_init``. ``1 - gate_offset / gate_init``: the same schedule as the joint attention's
+        log-space offset (:class:`rarec_lite.train.TrainConfig` ``gate_warmup``)."""
+        if not self.gate_init:
+            return 1.0
+        return 1.0 - self.gate_offset / self.gate_init
+
+    def prefix_gate(self, tower: str) -> torch.Tensor | None:
+        """The gated attention's per-layer gates of ``tower``: an ``(L,)`` tensor
+        ``warmup_open * g_tower`` (``None`` for the joint attention). ``g`` is trained; at step 0 the
+        warm-up factor is 0, so the towers are exactly the zero-shot model
+        (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_gate``)."""
+        if self.attention != "gated":
+            return None
+        return self.gate[tower] * self.warmup_open
 
     def id_representations(self, tower: str, id_emb: torch.Tensor) -> list[torch.Tensor]:
         """The ID-side representation ``d^(l)`` of every layer: L tensors (B, H).
@@ -529,7 +603,12 @@ class TwoTower(nn.Module):
         if use_prefix and self.alignment is not None:
             prefixes = [p.to(self.device, self.dtype) for p in self.alignment.prefixes(tower, id_emb, len(texts))]
             bias = self.alignment.prefix_bias(tower)
-        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias)
+            gate = self.alignment.prefix_gate(tower)
+            if gate is not None:
+                gate = gate.to(self.device, self.dtype)
+        else:
+            gate = None
+        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias, prefix_gate=gate)
         skip = pooling_exclusion(self.backbone, input_ids)  # a BOS attention sink stays out of the mean
         final = pool(hidden[-1], mask, how=self.pooling, exclude=skip).float()
         if not per_layer:

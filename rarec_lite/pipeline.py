@@ -78,7 +78,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
             "standardize": False},
-    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0, "tie_init": True},
+    "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0, "tie_init": True,
+                  "attention": "gated", "last_layer_gate": 0.5},
     "train": _train_defaults(),  # the training loop's defaults live in one place: rarec_lite.train.TrainConfig
     "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
                         "rarec"]},
@@ -221,6 +222,7 @@ def results_dir(cfg: dict, out: str | Path, default_dataset: str | None = None) 
 
 
 CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
+           ("alignment", "attention", ("gated", "joint")),
            ("train", "rank_loss", ("bpr", "softmax")), ("train", "schedule", ("cosine", "constant")),
            ("train", "samples_from", ("valid", "train"))]
 """Config values checked when the config is read (not hours later, when a stage first uses them)."""
@@ -245,6 +247,8 @@ class Method:
         layer_specific: one reparameterization per layer.
         infonce: train with the InfoNCE term (lambda > 0).
         data_construction: denoise + diversify the training samples (as configured).
+        attention: how the text reads the soft prompt, ``"gated"`` or ``"joint"``
+            (:class:`rarec_lite.alignment.RAAlignment`); ``""`` = the config's ``[alignment] attention``.
     """
 
     name: str
@@ -256,6 +260,7 @@ class Method:
     layer_specific: bool = True
     infonce: bool = True
     data_construction: bool = True
+    attention: str = ""
 
     @property
     def lam_applies(self) -> bool:
@@ -279,6 +284,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("rarec_no_infonce", "RA-Rec w/o InfoNCE", "trained", "hybrid", use_id=True, infonce=False),
     Method("rarec_no_data_construction", "RA-Rec w/o denoising/diversity", "trained", "hybrid", use_id=True,
            data_construction=False),
+    Method("rarec_joint", "RA-Rec, joint attention (classic prefix tuning)", "trained", "hybrid", use_id=True,
+           attention="joint"),
 ]}
 
 
@@ -605,7 +612,7 @@ class Experiment:
                          trainable_share=alignment.num_trainable() / max(info.num_parameters, 1),
                          train_samples=len(samples), train_seconds=result.seconds,
                          soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
-                         gate={k: float(alignment.prefix_bias(k).detach()) for k in alignment.gate},
+                         gate={k: alignment.gate[k].detach().tolist() for k in alignment.gate},
                          losses={"bpr": result.bpr, "infonce": result.infonce, "total": result.total})
         facts["ranks"], facts["tied"] = self.evaluate_tower(tower, method)
         facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
@@ -670,7 +677,8 @@ class Experiment:
                                     num_instruction_tokens=int(a["num_instruction_tokens"]),
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
                                     use_id=method.use_id, seed=self.seed, gate_init=float(a["gate_init"]),
-                                    tie_init=bool(a["tie_init"]))
+                                    tie_init=bool(a["tie_init"]), attention=method.attention or str(a["attention"]),
+                                    last_layer_gate=float(a["last_layer_gate"]))
         tower = TwoTower(self.backbone, alignment, self.pooling)
         self._standardize(tower, method)
         return tower
@@ -1114,7 +1122,9 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     if starts:
         lines += ["", "Where training starts (step 0: untrained soft prompts behind a closed gate) and where it ends:", ""]
         for e, s0 in starts:
-            gate = ", ".join(f"{k} {v + 0.0:+.2f}" for k, v in (e.get("gate") or {}).items())
+            gate = ", ".join(f"{k} {v + 0.0:+.2f}" if isinstance(v, (int, float))
+                             else f"{k} [{', '.join(f'{x + 0.0:+.2f}' for x in v)}]"
+                             for k, v in (e.get("gate") or {}).items())
             lines.append(f"- {e['label']}: HR@100 {s0['HR@100']:.4f} -> {e['HR@100']:.4f}, NDCG@10 "
                          f"{s0['NDCG@10']:.4f} -> {e['NDCG@10']:.4f} (step-0 item states within "
                          f"{s0['max_item_deviation']:.1e} of text-only; learned gate {gate or '–'})")

@@ -332,7 +332,11 @@ def _load(path: Path, alignment, optimizer, cfg: TrainConfig, num_samples: int) 
 def check_gradients(named_params, backbone_info) -> None:
     """The gradient guard: every trainable tensor must have a finite, non-zero gradient.
 
-    Called after the first backward pass of :func:`train_alignment`. A frozen 4-bit layer that
+    Called after the first backward pass of :func:`train_alignment` in which the text can see the soft
+    prompt (with the gated attention the warm-up factor is exactly 0 at step 0, so nothing but InfoNCE
+    has a gradient there: the guard waits for step 1), leaving out the tensors that sit behind a gate
+    that is exactly 0 (:meth:`rarec_lite.alignment.RAAlignment.closed_parameter_names`; they get a
+    gradient once their gate moves). A frozen 4-bit layer that
     silently passes no gradient back (bitsandbytes 0.50.2 on CPUs with AVX512-BF16, after a
     forward pass under ``torch.no_grad()``: :func:`rarec_lite.llm.load_backbone` switches that path
     off) would otherwise train nothing while the report still counts the parameters.
@@ -362,7 +366,7 @@ def check_gradients(named_params, backbone_info) -> None:
         name = getattr(backbone_info, "name", "?")
         quant = getattr(backbone_info, "quantization", None) or "none"
         raise RuntimeError(
-            f"gradient guard after the first step: {'; '.join(parts)} (backbone {name}, quantization {quant}). "
+            f"gradient guard after the first training step: {'; '.join(parts)} (backbone {name}, quantization {quant}). "
             "Likely causes: a 4-bit layer that passes no gradient back (bitsandbytes' CPU path for AVX512-BF16 "
             "after a no-grad pass: load the backbone with rarec_lite.llm.load_backbone, or use quantization=None), "
             "a detached prefix, or NaNs from fp16 overflow. Nothing was trained.")
@@ -484,6 +488,7 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
 
     bar = tqdm(total=total_steps, initial=step, desc="align", unit="step",
                disable=not (progress if progress is not None else total_steps > 20) or not distributed.is_main())
+    checked = False
     while step < total_steps:
         t0 = time.perf_counter()
         alignment.gate_offset = cfg.gate_offset(step, total_steps, alignment.gate_init)
@@ -509,8 +514,10 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         distributed.all_reduce_gradients([p for _, p in named])  # data-parallel: the whole batch's gradient
-        if step == resumed_from:
-            check_gradients(named, tower.backbone.info)
+        if not checked and alignment.soft_prompt_visible:  # the first step whose soft prompt the text can see
+            closed = alignment.closed_parameter_names()
+            check_gradients([(k, p) for k, p in named if k not in closed], tower.backbone.info)
+            checked = True
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.grad_clip)
         factor = cfg.lr_factor(step, total_steps)

@@ -41,14 +41,18 @@ def test_num_trainable_matches_closed_form(kw):
 
 
 def test_closed_form_hand_values():
-    # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144; gate 1
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144 + 1)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, gate=False) == 2 * (96 + 144)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, layer_specific=False) == 2 * (96 + 48 + 1)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_id=False) == 2 * (96 + 1)
+    # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144;
+    # gates: L = 3 per-layer gates (gated attention, the default) or 1 scalar (joint attention)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144 + 3)
+    joint = {"attention": "joint"}
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, **joint) == 2 * (96 + 144 + 1)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, gate=False, **joint) == 2 * (96 + 144)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, layer_specific=False, **joint) == 2 * (96 + 48 + 1)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_id=False, **joint) == 2 * (96 + 1)
     # SmolLM2 first 8 layers, H=576, SASRec d=64 (the docstring's example)
-    assert RAAlignment.expected_num_params(8, 576, 64, 1, 4, gate=False) == 635_904
-    assert RAAlignment(INFO, 5, gate_init=None).num_trainable() == 2 * (96 + 144)
+    assert RAAlignment.expected_num_params(8, 576, 64, 1, 4, gate=False, **joint) == 635_904
+    assert RAAlignment(INFO, 5, gate_init=None, attention="joint").num_trainable() == 2 * (96 + 144)
+    assert RAAlignment(INFO, 5).num_trainable() == 2 * (96 + 144 + 3)
 
 
 @pytest.mark.parametrize("layer_specific", [True, False])
@@ -170,9 +174,14 @@ def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbon
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
-def test_soft_prompt_changes_output_and_only_alignment_gets_gradients(backbones, name):
+@pytest.mark.parametrize("attention", ["gated", "joint"])
+def test_soft_prompt_changes_output_and_only_alignment_gets_gradients(backbones, name, attention):
     bb = backbones[name]
-    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=None)
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=None, attention=attention)
+    if attention == "gated":  # every layer's gate open (they start closed except the last one's)
+        with torch.no_grad():
+            for g in al.gate.values():
+                g.fill_(0.5)
     tower = TwoTower(bb, al)
     assert tower.pooling == ("last" if bb.info.is_causal else "mean")
     assert sum(p.numel() for p in tower.parameters()) == al.num_trainable()  # backbone not registered
@@ -206,7 +215,7 @@ def test_alignment_for_another_backbone_is_rejected(backbones):
 
 def test_closed_gate_is_the_zero_shot_model_and_still_passes_gradients(backbones):
     bb = backbones["tiny-llama"]
-    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=-30.0)
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=-30.0, attention="joint")
     tower = TwoTower(bb, al)
     texts, e = ["red shoe", "blue hat!"], torch.randn(2, 6)
     plain = tower.encode(texts, "user", use_prefix=False)
@@ -218,6 +227,30 @@ def test_closed_gate_is_the_zero_shot_model_and_still_passes_gradients(backbones
     al.gate_offset = 0.0  # a trained module: the gate is its learned value (0 = plain prefix tuning)
     opened = tower.encode_users(texts, e)
     assert (opened - plain).abs().max() > 1e-3
+
+
+def test_gated_warmup_starts_exactly_zero_shot_and_opens_the_last_layer_first(backbones):
+    bb = backbones["tiny-llama"]  # 2 layers
+    al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, last_layer_gate=0.5)
+    tower = TwoTower(bb, al)
+    texts, e = ["red shoe", "blue hat!"], torch.randn(2, 6)
+    plain = tower.encode(texts, "user", use_prefix=False)
+    assert al.warmup_open == 0.0 and not al.soft_prompt_visible  # untrained: gate_offset = gate_init
+    torch.testing.assert_close(tower.encode_users(texts, e), plain, rtol=0, atol=0)
+    assert al.gate["user"].tolist() == [0.0, 0.5]
+    assert al.closed_parameter_names() == {f"reparam.{t}.0.{w}" for t in ("user", "item") for w in ("weight", "bias")}
+    al.gate_offset = al.gate_init / 4  # three quarters of the warm-up
+    assert al.warmup_open == pytest.approx(0.75) and al.soft_prompt_visible
+    torch.testing.assert_close(al.prefix_gate("user"), torch.tensor([0.0, 0.375]))
+    opened = tower.encode_users(texts, e)
+    assert (opened - plain).abs().max() > 1e-3
+    opened.pow(2).sum().backward()
+    assert (al.gate["user"].grad != 0).all()  # the closed layer's gate learns too
+    assert al.reparam["user"][1].weight.grad.abs().sum() > 0
+    assert al.reparam["user"][0].weight.grad is None or al.reparam["user"][0].weight.grad.abs().sum() == 0
+    assert al.prefix_bias("user") is None and RAAlignment(bb.info, 6, attention="joint").prefix_gate("user") is None
+    with pytest.raises(ValueError, match="attention must be"):
+        RAAlignment(bb.info, 6, attention="sum")
 
 
 def test_id_representation_is_the_mean_of_the_id_slots():
