@@ -31,9 +31,10 @@ share one softmax with them, so every prefix slot takes attention mass from the 
 ``attention="gated"`` (the default) is LLaMA-Adapter's zero-init attention (Zhang et al. 2023, arXiv
 2303.16199, Sec. 3.2): the text keeps its own attention exactly, attends to the prefix slots with a
 softmax of their own, and a learned per-layer gate ``g_l`` scales what that adds to the layer's output.
-Measured on a Clothing proxy (1,000 test users ranked among 5,033 items, 150 steps): the joint attention
-fell from the zero-shot HR@50 0.112 to 0.061 as its gate opened (the random prefix takes attention mass
-from the text in all 6 layers), the gated one did not (README, "Results").
+Measured on a Clothing proxy (1,000 test users ranked among 5,033 items, 150 steps of 16, SmolLM2's first
+6 layers): from the zero-shot HR@50 of 0.112, the joint attention fell to 0.061 as its gate opened (the
+random prefix takes attention mass from the text in all 6 layers), the gated one rose to 0.124 (HR@10 0.036
+-> 0.050); README, "Results".
 
 **Starting from the zero-shot model and from SASRec's geometry.** In the gated attention the trainer's
 warm-up multiplies every gate by a factor rising linearly from 0 (step 0: exactly the zero-shot model)
