@@ -600,15 +600,13 @@ class TwoTower(nn.Module):
         if len(texts) == 0:
             raise ValueError("encode: no texts")
         input_ids, mask = self.tokenize(texts, max_tokens)
-        prefixes = bias = None
+        prefixes = bias = gate = None
         if use_prefix and self.alignment is not None:
             prefixes = [p.to(self.device, self.dtype) for p in self.alignment.prefixes(tower, id_emb, len(texts))]
-            bias = self.alignment.prefix_bias(tower)
-            gate = self.alignment.prefix_gate(tower)
+            bias = self.alignment.prefix_bias(tower)  # joint attention (None when gated)
+            gate = self.alignment.prefix_gate(tower)  # gated attention (None when joint)
             if gate is not None:
                 gate = gate.to(self.device, self.dtype)
-        else:
-            gate = None
         hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias, prefix_gate=gate)
         skip = pooling_exclusion(self.backbone, input_ids)  # a BOS attention sink stays out of the mean
         final = pool(hidden[-1], mask, how=self.pooling, exclude=skip).float()

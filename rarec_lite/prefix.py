@@ -248,7 +248,7 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
 
     Raises:
         ValueError: wrong number of prefixes, shapes that disagree (names the layer), a
-            ``None`` entry mixed with tensors, ``P + T`` beyond GPT-2's position table, no
+            ``None`` entry mixed with tensors, ``P + T`` beyond GPT-2's position table (joint attention), no
             tokens (``T = 0``), or prefixes on a model in training mode with gradient
             checkpointing on (transformers then drops the cache that carries the prefixes;
             the message names the fix: ``backbone.model.eval()`` or
@@ -289,7 +289,7 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
             P = d.shape[1]
         elif d.shape[1] != P:
             raise ValueError(f"prefixes[{l}] has P={d.shape[1]} but prefixes[0] has P={P}; P must match across layers")
-    if info.architecture == "gpt2" and P + T > info.max_position:
+    if prefix_gate is None and info.architecture == "gpt2" and P + T > info.max_position:  # joint: text at P..P+T-1
         raise ValueError(f"P + T = {P} + {T} exceeds GPT-2's {info.max_position} positions")
     if P > 0:
         _refuse_checkpointing_with_prefixes(model, info.architecture, P)
