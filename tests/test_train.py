@@ -208,8 +208,9 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
                         progress=False)
 
 
+@pytest.mark.parametrize("attention", ["gated", "joint"])
 @pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16")])
-def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization, cpu, request):
+def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization, cpu, attention, request):
     # the pipeline's order: a no-grad pass first (standardisation statistics), then training. On CPUs
     # with AVX512-BF16, bitsandbytes 0.50.2 used to repack 4-bit weights on that pass and pass no
     # gradient afterwards; load_backbone switches that path off, and the guard would catch it.
@@ -227,8 +228,8 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
     ip = [f"Product: {t}" for t in ITEM_TEXT]
     g = torch.Generator().manual_seed(0)
     ue, ie = torch.randn(8, ID_DIM, generator=g), torch.randn(6, ID_DIM, generator=g)
-    tower = TwoTower(bb, RAAlignment(bb.info, ID_DIM, num_id_tokens=1, num_instruction_tokens=2, seed=0),
-                     pooling="mean")
+    tower = TwoTower(bb, RAAlignment(bb.info, ID_DIM, num_id_tokens=1, num_instruction_tokens=2, seed=0,
+                                     attention=attention), pooling="mean")
     tower.set_standardization(tower.sample_text_states(ip, 6, seed=0), tower.sample_text_states(up, 8, seed=0))
     cache = build_text_cache(tower, up, ip, list(range(6)), max_user_tokens=32)
     start = {k: v.clone() for k, v in tower.alignment.state_dict().items()}
