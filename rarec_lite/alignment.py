@@ -491,7 +491,8 @@ class TwoTower(nn.Module):
              lam: float = 0.1, temperature: float = 0.1, score_scale: float = 1.0,
              text_layers: tuple | None = None, extra_items: torch.Tensor | None = None,
              extra_ids: torch.Tensor | None = None, rank_loss: str = "bpr", max_user_tokens: int | None = None,
-             max_item_tokens: int | None = None) -> dict[str, torch.Tensor]:
+             max_item_tokens: int | None = None, log_q: torch.Tensor | None = None,
+             extra_log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """RA-Rec's objective on one batch of B (user, target item) pairs (Sec. 3): read it top to bottom.
 
         1. Both towers encode their prompts with their soft prompts; the pooled final states are
@@ -512,6 +513,8 @@ class TwoTower(nn.Module):
             text_layers: with ``lam > 0``: ``(user (B, L, H), item (B, L, H), stats)``, the cached text-only
                 states at each layer's input and ``stats = {"user"|"item": (mean (L, H), std (L, H))}``.
             extra_items: (N, H) raw item-tower states of extra negatives, ``extra_ids`` (N,) their ids.
+            log_q, extra_log_q: (B,) and (N,) log sampling probabilities of the in-batch targets and the
+                extras: the sampled softmax's logQ correction (:func:`rarec_lite.losses.sampled_softmax_loss`).
 
         Returns:
             ``{"bpr", "infonce", "total"}`` scalar tensors (nats; ``bpr`` is the ranking loss) and
@@ -562,7 +565,7 @@ class TwoTower(nn.Module):
         out = alignment_loss(self.standardize(u, "user"), self.standardize(v, "item"), d_u, t_u, d_v, t_v,
                              lam, temperature, item_ids=item_ids, score_scale=score_scale, user_ids=user_ids,
                              extra_items=negatives, extra_ids=extra_ids if negatives is not None else None,
-                             rank_loss=rank_loss)
+                             rank_loss=rank_loss, log_q=log_q, extra_log_q=extra_log_q)
         out["user_states"] = u.detach()
         return out
 

@@ -137,7 +137,8 @@ def bpr_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | No
 
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor | None = None,
                          scale: float = 1.0, extra_items: torch.Tensor | None = None,
-                         extra_ids: torch.Tensor | None = None) -> torch.Tensor:
+                         extra_ids: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
+                         extra_log_q: torch.Tensor | None = None) -> torch.Tensor:
     """Sampled softmax: ``-log softmax(s_i.)[i]`` over the positive and every negative of row ``i``.
 
     The same candidates as :func:`bpr_loss` (in-batch targets, deduplicated, plus ``extra_items``),
@@ -147,14 +148,31 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch
     in-batch negatives follow the training targets' distribution, which data construction makes
     close to uniform over popularity buckets (Sec. 3 of RA-Rec; Yi et al. 2019 for logQ).
 
+    **logQ correction** (Yi et al. 2019, "Sampling-bias-corrected neural modeling", Eq. 3): when the
+    extras are drawn with probability ``q_j`` (e.g. proportional to popularity, so that the candidates
+    look like the full catalogue's hard part), every candidate column's logit becomes
+    ``s_ij - log q_j``; the in-batch columns get ``log_q`` (B,), the extras ``extra_log_q`` (N,). The
+    trainer applies the popularity distribution to both (:class:`rarec_lite.train.TrainConfig`
+    ``negative_sampling``); constant offsets cancel, so ``q`` need not be normalised.
+
     Returns:
-        Scalar tensor (nats); ``log(1 + negatives)`` when all scores are equal.
+        Scalar tensor (nats); ``log(1 + negatives)`` when all (corrected) logits are equal.
 
     Raises:
-        ValueError: as :func:`bpr_loss`.
+        ValueError: as :func:`bpr_loss`; ``log_q`` / ``extra_log_q`` given alone or of the wrong shape.
     """
     scores, negative = _scores_with_extra(user, item, item_ids, scale, extra_items, extra_ids)
     B = scores.shape[0]
+    if (log_q is None and extra_log_q is not None) or (log_q is not None and scores.shape[1] > B and extra_log_q is None):
+        raise ValueError("sampled_softmax_loss: give log_q (B,) together with extra_log_q (N,) when there are extras")
+    if log_q is not None:
+        correction = torch.as_tensor(log_q, dtype=scores.dtype, device=scores.device)
+        if scores.shape[1] > B:
+            correction = torch.cat([correction, torch.as_tensor(extra_log_q, dtype=scores.dtype, device=scores.device)])
+        if correction.shape != (scores.shape[1],):
+            raise ValueError(f"log_q + extra_log_q must give one value per candidate column ({scores.shape[1]}); "
+                             f"got {tuple(correction.shape)}")
+        scores = scores - correction[None, :]
     if not negative.any():
         raise ValueError("sampled_softmax_loss: no negative in the batch (all item_ids equal)")
     keep = negative.clone()
@@ -214,6 +232,8 @@ def alignment_loss(
     extra_items: torch.Tensor | None = None,
     extra_ids: torch.Tensor | None = None,
     rank_loss: str = "bpr",
+    log_q: torch.Tensor | None = None,
+    extra_log_q: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """RA-Rec's training objective: ``ranking loss + lam * InfoNCE`` (InfoNCE averaged over layers and towers).
 
@@ -233,6 +253,7 @@ def alignment_loss(
         user_ids: optional (B,) user ids for the user-side InfoNCE.
         extra_items, extra_ids: cached extra negatives of the ranking loss (see :func:`bpr_loss`).
         rank_loss: ``"bpr"`` (the paper's) or ``"softmax"`` (:func:`sampled_softmax_loss`).
+        log_q, extra_log_q: the softmax's logQ correction (see :func:`sampled_softmax_loss`); ``"softmax"`` only.
 
     Returns:
         ``{"bpr", "infonce", "total"}`` scalar tensors; ``bpr`` is the ranking loss (BPR or
@@ -250,9 +271,11 @@ def alignment_loss(
     Source: RA-Rec (Yu et al. 2024), Sec. 3, training objective of the alignment module.
     """
     if rank_loss == "bpr":
+        if log_q is not None or extra_log_q is not None:
+            raise ValueError("the logQ correction (log_q) is for rank_loss='softmax'; BPR has none")
         bpr = bpr_loss(user, item, item_ids, score_scale, extra_items, extra_ids)
     elif rank_loss == "softmax":
-        bpr = sampled_softmax_loss(user, item, item_ids, score_scale, extra_items, extra_ids)
+        bpr = sampled_softmax_loss(user, item, item_ids, score_scale, extra_items, extra_ids, log_q, extra_log_q)
     else:
         raise ValueError(f"rank_loss must be 'bpr' or 'softmax'; got {rank_loss!r}")
     if lam == 0:

@@ -66,7 +66,8 @@ def _train_defaults() -> dict:
               "lambda_infonce": t.lam, "temperature": t.temperature, "checkpoint_every": t.checkpoint_every,
               "rank_loss": t.rank_loss, "negatives": t.negatives, "score_scale": 0.0,
               "restandardize": t.restandardize, "stats_momentum": t.stats_momentum, "warmup": t.warmup,
-              "schedule": t.schedule, "gate_lr_scale": t.gate_lr_scale, "gate_warmup": t.gate_warmup}
+              "schedule": t.schedule, "gate_lr_scale": t.gate_lr_scale, "gate_warmup": t.gate_warmup,
+              "negative_sampling": t.negative_sampling}
     return {**own, **shared}
 
 
@@ -224,6 +225,7 @@ def results_dir(cfg: dict, out: str | Path, default_dataset: str | None = None) 
 CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
            ("alignment", "attention", ("gated", "joint")),
            ("train", "rank_loss", ("bpr", "softmax")), ("train", "schedule", ("cosine", "constant")),
+           ("train", "negative_sampling", ("uniform", "popularity")),
            ("train", "samples_from", ("valid", "train"))]
 """Config values checked when the config is read (not hours later, when a stage first uses them)."""
 MINIMA = [("train", "batch_size", 2), ("train", "steps", 1), ("train", "samples", 2), ("train", "negatives", 0),
@@ -696,7 +698,8 @@ class Experiment:
                            rank_loss=t["rank_loss"], negatives=int(t["negatives"]),
                            score_scale=float(t["score_scale"]) or None, restandardize=bool(t["restandardize"]),
                            stats_momentum=float(t["stats_momentum"]), warmup=float(t["warmup"]), schedule=t["schedule"],
-                           gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]))
+                           gate_lr_scale=float(t["gate_lr_scale"]), gate_warmup=float(t["gate_warmup"]),
+                           negative_sampling=t["negative_sampling"])
 
     def train(self, tower, method: Method, progress: bool | None = None):
         """Train ``tower.alignment`` on the method's samples (:func:`rarec_lite.train.train_alignment`;
@@ -716,7 +719,8 @@ class Experiment:
              f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} fresh negatives per step, {tcfg.rank_loss})")
         result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts), user_fn,
                                  item_id_emb, cache, tcfg, self.out / "train" / method.name,
-                                 progress=self.progress if progress is None else progress)
+                                 progress=self.progress if progress is None else progress,
+                                 item_popularity=self.dataset.item_popularity())
         tower.alignment.eval()
         return result
 

@@ -97,8 +97,8 @@ class TrainConfig:
         log_every: steps between progress-bar loss updates.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         rank_loss: ``"bpr"`` (the paper's) or ``"softmax"`` (sampled softmax, :mod:`rarec_lite.losses`).
-        negatives: uniformly drawn catalogue items, encoded by the current item tower at every
-            step without gradient, used as extra negatives of every row (0 = in-batch only).
+        negatives: catalogue items drawn at every step (``negative_sampling``), encoded by the current
+            item tower without gradient, used as extra negatives of every row (0 = in-batch only).
             64 is enough: a linear stand-in of the towers on the cached Clothing states reached
             HR@100 0.1065 with 64, 0.1085 with 512, 0.0985 with in-batch negatives only.
         restandardize: let both towers' standardisation statistics follow the training (an
@@ -112,6 +112,13 @@ class TrainConfig:
             trains with ``lr * gate_lr_scale`` (a logit: steps of ``lr`` would barely move it).
         gate_warmup: share of the steps over which the gate's offset rises linearly from the
             module's ``gate_init`` (the zero-shot model) to 0.
+        negative_sampling: ``"uniform"`` (without replacement) or ``"popularity"``: drawn with
+            replacement with probability proportional to the item's training-interaction count + 1
+            (``train_alignment``'s ``item_popularity``), with the logQ correction on every candidate
+            column of the sampled softmax (``rank_loss="softmax"`` only; Yi et al. 2019). Uniform
+            negatives are mostly long-tail items, easy to tell from a target; on a last-layer probe
+            (README "Results", RA-Rec point 6) BPR against them made full ranking worse while its loss fell,
+            and the popularity-drawn softmax with logQ was the first objective under which training helped.
     """
 
     steps: int = 100
@@ -136,12 +143,21 @@ class TrainConfig:
     schedule: str = "cosine"
     gate_lr_scale: float = 10.0
     gate_warmup: float = 0.3
+    negative_sampling: str = "uniform"
+
+    def __post_init__(self):
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling must be 'uniform' or 'popularity'; got {self.negative_sampling!r}")
+        if self.negative_sampling == "popularity" and self.rank_loss != "softmax":
+            raise ValueError("negative_sampling='popularity' needs rank_loss='softmax' (its logQ correction is a "
+                             f"softmax's; got rank_loss={self.rank_loss!r})")
 
     # fields that must match to resume a checkpoint (the others may change; more steps are allowed,
     # and then the lr schedule and the gate warm-up follow the new total)
     RESUME_KEYS = ("batch_size", "lr", "weight_decay", "lam", "temperature", "score_scale", "seed",
                    "max_user_tokens", "max_item_tokens", "grad_clip", "rank_loss", "negatives",
-                   "restandardize", "stats_momentum", "warmup", "schedule", "gate_lr_scale", "gate_warmup")
+                   "restandardize", "stats_momentum", "warmup", "schedule", "gate_lr_scale", "gate_warmup",
+                   "negative_sampling")
 
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier of ``lr`` at 0-based ``step`` of ``total``: linear warm-up over
@@ -299,10 +315,14 @@ def _save(path: Path, alignment, optimizer, step: int, history: dict, seconds: f
     save_checkpoint(path, tensors, meta)
 
 
+# resume keys added after checkpoints were written: their value in an older checkpoint
+_ADDED_LATER = {"negative_sampling": "uniform"}
+
+
 def _load(path: Path, alignment, optimizer, cfg: TrainConfig, num_samples: int) -> tuple[int, dict, float, dict]:
     tensors, meta = load_checkpoint(path)
     old = meta.get("config", {})
-    changed = [k for k in TrainConfig.RESUME_KEYS if old.get(k) != getattr(cfg, k)]
+    changed = [k for k in TrainConfig.RESUME_KEYS if old.get(k, _ADDED_LATER.get(k)) != getattr(cfg, k)]
     if changed:
         raise ValueError(f"{path}: cannot resume, config differs in {changed} "
                          f"(checkpoint {[old.get(k) for k in changed]}, now {[getattr(cfg, k) for k in changed]}); "
@@ -375,7 +395,8 @@ def check_gradients(named_params, backbone_info) -> None:
 def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str], item_prompts: Sequence[str],
                     user_id_emb_fn: Callable[[Sequence[Sample]], torch.Tensor] | torch.Tensor | None,
                     item_id_emb: torch.Tensor | None, text_cache: TextCache | None, cfg: TrainConfig,
-                    out_dir: str | Path, progress: bool | None = None) -> TrainResult:
+                    out_dir: str | Path, progress: bool | None = None,
+                    item_popularity: Sequence[float] | None = None) -> TrainResult:
     """Train ``tower.alignment`` with a ranking loss + lambda * InfoNCE; resume from ``out_dir/checkpoint.safetensors``.
 
     Args:
@@ -394,6 +415,8 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         cfg: :class:`TrainConfig`.
         out_dir: where the checkpoint and ``train_result.json`` go.
         progress: tqdm bar (default: on when more than 20 steps).
+        item_popularity: (I,) training-interaction counts (``Dataset.item_popularity()``); needed by
+            ``cfg.negative_sampling="popularity"`` (probability of item ``i``: ``(count_i + 1) / sum``).
 
     Returns:
         :class:`TrainResult` (losses of every step so far, seconds, steps, trainable params).
@@ -401,7 +424,8 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
     Raises:
         ValueError: no alignment; fewer than 2 samples; prompt/sample counts differ; missing
             ID embeddings or text cache; InfoNCE asked without an ID representation; a
-            checkpoint written with a different config.
+            checkpoint written with a different config; popularity sampling without ``item_popularity``
+            (or with one of the wrong length).
         RuntimeError: a backbone parameter would be optimised (it must be frozen), or the
             gradient guard fails (:func:`check_gradients`).
     """
@@ -450,6 +474,14 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
 
     num_items = len(item_prompts)
     follow_stats = bool(tower.stats) and cfg.restandardize
+    log_p = None  # popularity sampling: log probability of drawing each item (the logQ correction)
+    if cfg.negative_sampling == "popularity":
+        if item_popularity is None or len(item_popularity) != num_items:
+            raise ValueError(f"negative_sampling='popularity' needs item_popularity with one count per item ({num_items}); "
+                             f"got {None if item_popularity is None else len(item_popularity)}")
+        counts = np.asarray(item_popularity, dtype=np.float64) + 1.0
+        sample_p = counts / counts.sum()
+        log_p = torch.as_tensor(np.log(sample_p), dtype=torch.float32)
 
     def fresh_negatives(step: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """``negatives`` uniformly drawn items (seeded by the step: the same on resume) through the
@@ -457,7 +489,10 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         if cfg.negatives <= 0:
             return None, None
         rng = np.random.default_rng([cfg.seed, 7919, step])
-        ids = np.sort(rng.choice(num_items, size=min(cfg.negatives, num_items), replace=False))
+        if log_p is not None:  # with replacement, proportional to popularity (logQ-corrected in the loss)
+            ids = np.sort(rng.choice(num_items, size=cfg.negatives, replace=True, p=sample_p))
+        else:
+            ids = np.sort(rng.choice(num_items, size=min(cfg.negatives, num_items), replace=False))
         emb = item_id_emb[torch.as_tensor(ids)].detach() if alignment.use_id else None
         states = tower.encode_batched([item_prompts[i] for i in ids], "item", emb, 64, cfg.max_item_tokens,
                                       progress=False)  # no_grad inside
@@ -509,7 +544,9 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
                             lam=cfg.lam, temperature=cfg.temperature, score_scale=score_scale,
                             text_layers=text_layers, extra_items=neg, extra_ids=neg_ids,
                             rank_loss=cfg.rank_loss, max_user_tokens=cfg.max_user_tokens,
-                            max_item_tokens=cfg.max_item_tokens)
+                            max_item_tokens=cfg.max_item_tokens,
+                            log_q=None if log_p is None else log_p[targets],
+                            extra_log_q=None if log_p is None or neg_ids is None else log_p[neg_ids])
 
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

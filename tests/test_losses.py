@@ -130,3 +130,32 @@ def test_bpr_scale_equals_scaling_one_tower_by_hand():
     assert bpr_loss(user, item, scale=0.5).item() == pytest.approx(bpr_loss(0.5 * user, item).item(), rel=1e-6)
     with pytest.raises(ValueError, match="scale"):
         bpr_loss(user, item, scale=0.0)
+
+
+def test_sampled_softmax_logq_correction_by_hand():
+    # the candidates of the test above, each logit minus its column's log q (Yi et al. 2019, Eq. 3)
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    item = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    extra = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    ids, extra_ids = torch.tensor([10, 11]), torch.tensor([12, 11])
+    log_q = torch.tensor([math.log(0.5), math.log(0.25)])  # columns 10, 11 (in-batch)
+    extra_log_q = torch.tensor([math.log(0.125), math.log(0.25)])  # columns 12, 11 (extras)
+    # row 0: logits [2 - ln .5, 0 - ln .25, 1 - ln .125, 0 - ln .25]
+    r0 = [2 - math.log(0.5), -math.log(0.25), 1 - math.log(0.125), -math.log(0.25)]
+    l0 = -r0[0] + math.log(sum(math.exp(x) for x in r0))
+    # row 1: logits [0 - ln .5 (item 10), 1 - ln .25 (its target), 1 - ln .125 (extra 12)]; extra 11 is its own item
+    r1 = [-math.log(0.5), 1 - math.log(0.25), 1 - math.log(0.125)]
+    l1 = -r1[1] + math.log(sum(math.exp(x) for x in r1))
+    got = sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids, log_q, extra_log_q).item()
+    assert got == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # a constant log q changes nothing (it cancels in the softmax)
+    plain = sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids).item()
+    const = sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids, torch.full((2,), -3.0),
+                                 torch.full((2,), -3.0)).item()
+    assert const == pytest.approx(plain, rel=1e-6) and got != pytest.approx(plain, rel=1e-3)
+    with pytest.raises(ValueError, match="together with extra_log_q"):
+        sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids, log_q, None)
+    with pytest.raises(ValueError, match="one value per candidate"):
+        sampled_softmax_loss(user, item, ids, 1.0, extra, extra_ids, log_q, extra_log_q[:1])
+    with pytest.raises(ValueError, match="BPR has none"):
+        alignment_loss(user, item, lam=0.0, item_ids=ids, rank_loss="bpr", log_q=log_q)

@@ -240,3 +240,40 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
     assert all(m > 0 for m in moved.values()), moved
     if cpu == "avx512_bf16":
         assert calls == []  # load_backbone kept every 4-bit layer off the repacked kernel
+
+
+def test_popularity_negatives_with_logq(backbone, data, tmp_path):
+    # negative_sampling="popularity": negatives drawn with replacement in proportion to count + 1, and the
+    # loss is the logQ-corrected softmax; with lr = 0 the first step's loss is recomputed here by hand
+    import numpy as np
+
+    from rarec_lite.losses import sampled_softmax_loss
+    from rarec_lite.train import _batch_indices
+
+    with pytest.raises(ValueError, match="needs rank_loss='softmax'"):
+        TrainConfig(negative_sampling="popularity")
+    with pytest.raises(ValueError, match="must be 'uniform' or 'popularity'"):
+        TrainConfig(negative_sampling="hard", rank_loss="softmax")
+    samples, up, ip, ue, ie, cache = data
+    counts = np.array([1000, 0, 0, 0, 0, 0])  # item 0 draws ~99.5% of the negatives
+    cfg = TrainConfig(steps=1, batch_size=4, lr=0.0, negatives=8, gate_warmup=0.0, lam=0.0, rank_loss="softmax",
+                      negative_sampling="popularity", restandardize=False, checkpoint_every=1)
+    with pytest.raises(ValueError, match="item_popularity with one count per item"):
+        train_alignment(_tower(backbone), samples, up, ip, ue, ie, cache, cfg, tmp_path / "x", progress=False)
+    tower = _tower(backbone)
+    result = train_alignment(tower, samples, up, ip, ue, ie, cache, cfg, tmp_path / "p", progress=False,
+                             item_popularity=counts)
+    p = (counts + 1.0) / (counts + 1.0).sum()
+    ids = np.sort(np.random.default_rng([cfg.seed, 7919, 0]).choice(len(ip), size=8, replace=True, p=p))
+    assert (ids == 0).sum() >= 6  # popularity-drawn, with replacement
+    batch = _batch_indices(0, len(samples), 4, cfg.seed)
+    targets = [samples[i].target for i in batch]
+    tower.alignment.gate_offset = 0.0  # gate_warmup 0: the step ran with the warm-up open
+    with torch.no_grad():
+        u = tower.encode_users([up[i] for i in batch], ue[batch])
+        v = tower.encode_items([ip[t] for t in targets], ie[targets])
+        neg = tower.encode_items([ip[i] for i in ids], ie[torch.as_tensor(ids)])
+        log_p = torch.log(torch.as_tensor(p, dtype=torch.float32))
+        want = sampled_softmax_loss(u, v, torch.tensor(targets), 1 / 64, neg, torch.as_tensor(ids),
+                                    log_p[targets], log_p[torch.as_tensor(ids)])
+    assert result.bpr[0] == pytest.approx(want.item(), rel=1e-4)
