@@ -69,6 +69,9 @@ SASREC_HELP = {
     "num_negatives": "negatives per position for --loss gbce",
     "gbce_t": "gBCE calibration t in [0, 1] (0 = plain BCE)",
     "label_smoothing": "label smoothing eps of --loss ce (1 - eps on the target, eps / I on every item)",
+    "contrastive": "weight lambda of DuoRec's contrastive term (two dropout views of each sequence, InfoNCE with "
+                   "in-batch negatives; 0 = off)",
+    "contrastive_temperature": "temperature of the contrastive InfoNCE (dot-product similarity)",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 

@@ -341,8 +341,9 @@ def gbce_beta(num_items: int, num_negatives: int, t: float) -> float:
 
 def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
                   generator: torch.Generator | None = None, num_negatives: int = 256,
-                  gbce_t: float = 0.75, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-item loss averaged over the non-padding positions of a batch.
+                  gbce_t: float = 0.75, label_smoothing: float = 0.0, contrastive: float = 0.0,
+                  contrastive_temperature: float = 1.0) -> torch.Tensor:
+    """Next-item loss averaged over the non-padding positions of a batch, plus an optional contrastive term.
 
     Args:
         inputs: ``(B, L)`` item id + 1, right-aligned.
@@ -361,9 +362,17 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
         generator: RNG for the negatives.
         num_negatives, gbce_t: ``k`` and ``t`` of ``"gbce"`` (ignored by the other losses).
         label_smoothing: ``eps`` of ``"ce"`` (:func:`full_softmax_ce`; ignored by the other losses).
+        contrastive: ``lambda``; when ``> 0`` the batch is encoded a second time (the same
+            ``model`` in training mode, so another dropout mask) and ``lambda *``
+            :func:`info_nce` ``(states[:, -1], states2[:, -1], contrastive_temperature)`` is added:
+            DuoRec's unsupervised contrastive regulariser on the last column (every training row's
+            most recent item, right-aligned), with the batch's other sequences as negatives.
+            ``0`` (the default) runs one forward pass and draws no extra random numbers, exactly
+            as before the option existed.
+        contrastive_temperature: ``t`` of :func:`info_nce`.
 
     Returns:
-        scalar tensor (nats per position).
+        scalar tensor (nats per position, plus ``lambda`` x nats per vector of the contrastive term).
 
     Raises:
         ValueError: unknown ``loss``; ``num_negatives``/``gbce_t`` out of range for ``"gbce"``.
@@ -371,6 +380,18 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
     states = model(inputs)  # (B, L, d)
+    if contrastive:
+        second = model(inputs)[:, -1]  # (B, d): the same sequences under another dropout mask
+        extra = contrastive * info_nce(states[:, -1], second, contrastive_temperature)
+        return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t,
+                               label_smoothing) + extra
+    return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t, label_smoothing)
+
+
+def _next_item_loss(model: SASRec, states: torch.Tensor, targets: torch.Tensor, loss: str,
+                    generator: torch.Generator | None, num_negatives: int, gbce_t: float,
+                    label_smoothing: float) -> torch.Tensor:
+    """The next-item part of :func:`sequence_loss`, from the ``(B, L, d)`` states."""
     keep = targets != 0
     h = states[keep]  # (N, d)
     pos = targets[keep] - 1  # (N,) item ids
@@ -390,6 +411,44 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
     if loss == "bpr":
         return -F.logsigmoid(pos_logit - neg_logit).mean()
     return -(F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit)).mean()
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Contrastive InfoNCE between two views of the same ``B`` sequences, with in-batch negatives.
+
+    The unsupervised contrastive regulariser of DuoRec (Qiu et al., "Contrastive Learning for
+    Representation Degeneration Problem in Sequential Recommendation", WSDM 2022, arXiv
+    2110.05730, Sec. 4.2-4.3; the same NT-Xent form as CL4SRec, Xie et al. 2022, and SimCLR):
+    ``z1[b]`` and ``z2[b]`` are two dropout-augmented encodings of sequence ``b``. The ``2B``
+    vectors ``z = [z1; z2]`` are scored against each other by the dot product over
+    ``temperature`` (DuoRec's ``sim = dot``, temperature 1.0); each one must pick its twin out of
+    the other ``2B - 1`` (itself excluded; the ``2B - 2`` other vectors are the negatives)::
+
+        loss = mean over a in 0..2B-1 of  -log( exp(z_a . z_a+ / t) / sum_{c != a} exp(z_a . z_c / t) )
+
+    where ``a+`` is ``a + B`` for ``a < B`` and ``a - B`` otherwise.
+
+    Args:
+        z1, z2: ``(B, d)`` the two views, row ``b`` of each from the same sequence; ``B >= 2``
+            for any negative to exist (with ``B = 1`` the loss is 0).
+        temperature: ``t > 0``.
+
+    Returns:
+        scalar, nats per vector (mean over the ``2B`` vectors).
+
+    Raises:
+        ValueError: shapes differ or ``temperature <= 0``.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must both be (B, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"contrastive temperature must be > 0, got {temperature}")
+    B = z1.shape[0]
+    z = torch.cat([z1, z2])  # (2B, d)
+    sim = (z @ z.T) / temperature  # (2B, 2B)
+    sim = sim.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=z.device), float("-inf"))
+    twin = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)  # (2B,)
+    return F.cross_entropy(sim, twin)
 
 
 def training_pairs(sequences: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -427,6 +486,9 @@ class SASRecConfig:
         loss: ``"ce"``, ``"gbce"``, ``"bpr"`` or ``"bce"`` (:func:`sequence_loss`);
             ``num_negatives``, ``gbce_t``: ``k`` and ``t`` of ``"gbce"``; ``label_smoothing``: ``eps``
             of ``"ce"`` (:func:`full_softmax_ce`).
+        contrastive, contrastive_temperature: ``lambda`` and ``t`` of DuoRec's unsupervised
+            contrastive term (two dropout views of each sequence, :func:`info_nce`; see
+            :func:`sequence_loss`); ``contrastive = 0`` turns it off.
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
@@ -447,6 +509,8 @@ class SASRecConfig:
     num_negatives: int = 256
     gbce_t: float = 0.75
     label_smoothing: float = 0.0
+    contrastive: float = 0.0
+    contrastive_temperature: float = 1.0
     eval_batch_size: int = 1024
 
 
@@ -605,6 +669,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         gbce_beta(int(dataset.num_items), config.num_negatives, config.gbce_t)  # range checks
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.contrastive < 0 or not config.contrastive_temperature > 0:
+        raise ValueError(f"contrastive must be >= 0 and contrastive_temperature > 0; got {config.contrastive} "
+                         f"and {config.contrastive_temperature}")
     conf = asdict(config)
     # fields that may change between a run and its resumption without changing the result so far
     resumable = {"patience", "eval_batch_size"} | ({"epochs"} if config.lr_schedule == "constant" else set())
@@ -671,7 +738,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
                 x, y = x[:, -width:].to(device), y[:, -width:].to(device)
                 loss = sequence_loss(model, x, y, config.loss, generator=gen if device == "cpu" else None,
                                      num_negatives=config.num_negatives, gbce_t=config.gbce_t,
-                                     label_smoothing=config.label_smoothing)
+                                     label_smoothing=config.label_smoothing, contrastive=config.contrastive,
+                                     contrastive_temperature=config.contrastive_temperature)
                 loss.backward()
                 loss_value = loss.item()
             distributed.all_reduce_gradients(model.parameters(), weight)
@@ -802,6 +870,11 @@ def data_signature(dataset) -> str:
 #: resumed without changing the result so far (``epochs`` too, unless ``lr_schedule="cosine"``).
 UNKEYED_FIELDS = ("epochs", "patience", "eval_batch_size")
 
+#: fields added after runs were cached, with the value every earlier run had: left out of the key
+#: at that value (so those runs keep their directory), and read as that value from an older
+#: ``metrics.json`` that lacks them.
+ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0}
+
 
 def sasrec_run_dir(dataset, root=None, **cfg) -> Path:
     """The run directory of a SASRec trained on ``dataset`` with ``cfg``: one per data + hyper-parameters.
@@ -827,6 +900,9 @@ def sasrec_run_dir(dataset, root=None, **cfg) -> Path:
         keyed.pop("epochs")
     for key in ("patience", "eval_batch_size"):
         keyed.pop(key)
+    for key, old in ADDED_FIELDS.items():
+        if keyed[key] == old:
+            keyed.pop(key)
     tag = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
     name = getattr(dataset, "name", "data")
     base = Path(root) if root is not None else paths.runs_dir()
@@ -885,7 +961,7 @@ def cached_sasrec_run(dataset, root=None, device: str = "cpu", progress: bool = 
         from .files import read_json
 
         have = read_json(done).get("config", {})
-        if all(have.get(k) == v for k, v in want.items() if k != "eval_batch_size"):
+        if all(have.get(k, ADDED_FIELDS.get(k)) == v for k, v in want.items() if k != "eval_batch_size"):
             if progress:
                 print(f"SASRec: reusing {out}")
             return load_run(out, device=device)

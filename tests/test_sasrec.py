@@ -442,3 +442,85 @@ def test_zero_epochs_is_refused_not_exported_untrained(tmp_path):
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train_sasrec(ds, tmp_path / "run", progress=False, epochs=0)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_info_nce_matches_a_hand_computed_value():
+    from rarec_lite.sasrec import info_nce
+
+    # by hand: views z1 = (e1, e2), z2 = (e1, e2); each of the 4 vectors has dot 1 with its twin and 0 with
+    # the 2 others (itself excluded): loss = -log(e^(1/t) / (e^(1/t) + 2)) = log(1 + 2 e^(-1/t))
+    eye = torch.eye(2)
+    assert info_nce(eye, eye.clone(), 1.0).item() == pytest.approx(math.log(1 + 2 / math.e), rel=1e-6)
+    assert info_nce(eye, eye.clone(), 0.5).item() == pytest.approx(math.log(1 + 2 * math.exp(-2)), rel=1e-6)
+    # an asymmetric case, d = 1: z1 = (1, 2), z2 = (3, 0), t = 1; z = (1, 2, 3, 0), twins 0-2 and 1-3:
+    # vector 1 -> others (1, 2, 3, 0) minus itself: dots with 0, 2, 3 are 2, 6, 0; its twin is 3 (dot 0)
+    z1, z2 = torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [0.0]])
+    rows = [(3.0, [2.0, 3.0, 0.0]),   # vector 0 (1): dots with 1, 2, 3 = 2, 3, 0; twin 2 (3)
+            (0.0, [2.0, 6.0, 0.0]),   # vector 1 (2): dots with 0, 2, 3 = 2, 6, 0; twin 3 (0)
+            (3.0, [3.0, 6.0, 0.0]),   # vector 2 (3): dots with 0, 1, 3 = 3, 6, 0; twin 0 (3)
+            (0.0, [0.0, 0.0, 0.0])]   # vector 3 (0): dots with 0, 1, 2 = 0, 0, 0; twin 1 (0)
+    want = sum(math.log(sum(math.exp(v) for v in others)) - pos for pos, others in rows) / 4
+    assert info_nce(z1, z2, 1.0).item() == pytest.approx(want, rel=1e-6)
+    # one sequence: no negative, nothing to learn
+    assert info_nce(torch.ones(1, 3), torch.ones(1, 3)).item() == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        info_nce(eye, eye, 0.0)
+
+
+def test_contrastive_loss_is_next_item_loss_plus_info_nce_of_two_dropout_views():
+    from rarec_lite.sasrec import full_softmax_ce, info_nce
+
+    torch.manual_seed(0)
+    model = SASRec(num_items=20, hidden=8, max_len=6, num_layers=1, num_heads=2, dropout=0.3).train()
+    x, y = training_pairs([np.array([1, 2, 3, 4]), np.array([5, 6, 7]), np.array([8, 9, 10, 11, 12])], 6)
+    torch.manual_seed(7)
+    plain = sequence_loss(model, x, y)
+    torch.manual_seed(7)
+    assert torch.equal(sequence_loss(model, x, y, contrastive=0.0, contrastive_temperature=0.3), plain)
+    # weight 0 draws nothing more: the next call's dropout is the same as after a plain call
+    after_plain = torch.rand(1)
+    torch.manual_seed(7)
+    sequence_loss(model, x, y, contrastive=0.0)
+    assert torch.equal(torch.rand(1), after_plain)
+    # weight > 0: the first pass is the plain loss's, the second another dropout mask of the same batch
+    torch.manual_seed(7)
+    one, two = model(x), model(x)
+    assert not torch.equal(one, two)
+    keep = y != 0
+    want = full_softmax_ce(one[keep], model.item_embeddings(), y[keep] - 1) + 0.2 * info_nce(one[:, -1], two[:, -1], 0.5)
+    torch.manual_seed(7)
+    got = sequence_loss(model, x, y, contrastive=0.2, contrastive_temperature=0.5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert got.item() > plain.item()  # the InfoNCE of 3 sequences is > 0
+
+
+def test_resume_is_exact_with_the_contrastive_term(tmp_path):
+    from rarec_lite.sasrec import cached_sasrec_run, sasrec_run_dir
+
+    ds = ToyDataset(num_users=100, seed=5)
+    cfg = dict(TINY, patience=10, contrastive=0.1, contrastive_temperature=0.5)
+    straight = train_sasrec(ds, tmp_path / "a", progress=False, epochs=3, **cfg)
+    train_sasrec(ds, tmp_path / "b", progress=False, epochs=1, **cfg)
+    resumed = train_sasrec(ds, tmp_path / "b", progress=False, epochs=3, **cfg)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert [h["loss"] for h in straight.metrics["history"]] == [h["loss"] for h in resumed.metrics["history"]]
+    # the term changes training (the same seed without it ends elsewhere) ...
+    without = train_sasrec(ds, tmp_path / "c", progress=False, epochs=3, **dict(cfg, contrastive=0.0))
+    assert not torch.equal(without.model.item_embeddings(), straight.model.item_embeddings())
+    # ... and a checkpoint written with another weight is refused
+    with pytest.raises(ValueError, match="contrastive=0.1"):
+        train_sasrec(ds, tmp_path / "b", progress=False, epochs=4, **dict(cfg, contrastive=0.3))
+    # the cache: a run finished before the option existed (its metrics.json lacks the fields) is reused
+    # when the term is off, and is not when it is on
+    import json
+
+    assert sasrec_run_dir(ds, tmp_path, **cfg) != sasrec_run_dir(ds, tmp_path, **TINY)
+    old = cached_sasrec_run(ds, root=tmp_path, progress=False, epochs=1, **TINY)
+    metrics = json.loads((old.out_dir / "metrics.json").read_text())
+    for key in ("contrastive", "contrastive_temperature"):
+        del metrics["config"][key]
+    (old.out_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert cached_sasrec_run(ds, root=tmp_path, progress=False, epochs=1, **dict(TINY, contrastive=0.0)).reused
+    with pytest.raises(ValueError, match="contrastive"):
+        cached_sasrec_run(ds, root=tmp_path, progress=False, **dict(cfg, contrastive=-1.0))
