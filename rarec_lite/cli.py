@@ -72,6 +72,8 @@ SASREC_HELP = {
     "contrastive": "weight lambda of DuoRec's contrastive term (two dropout views of each sequence, InfoNCE with "
                    "in-batch negatives; 0 = off)",
     "contrastive_temperature": "temperature of the contrastive InfoNCE (dot-product similarity)",
+    "contrastive_positive": "the contrastive positive: 'dropout' (a second dropout pass of the same sequence) or "
+                            "'same_target' (another training sequence with the same last target)",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 
@@ -171,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run dir (default: the shared cache $RAREC_HOME/runs/sasrec-DATASET-<data hash>-<config hash>)")
     from dataclasses import fields
 
-    from rarec_lite.sasrec import LOSSES, LR_SCHEDULES, SASRecConfig
+    from rarec_lite.sasrec import CONTRASTIVE_POSITIVES, LOSSES, LR_SCHEDULES, SASRecConfig
 
-    choices = {"loss": LOSSES, "lr_schedule": LR_SCHEDULES}
+    choices = {"loss": LOSSES, "lr_schedule": LR_SCHEDULES, "contrastive_positive": CONTRASTIVE_POSITIVES}
     for f in fields(SASRecConfig):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                        choices=choices.get(f.name), help=SASREC_HELP.get(f.name, f.name))

@@ -342,7 +342,7 @@ def gbce_beta(num_items: int, num_negatives: int, t: float) -> float:
 def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
                   generator: torch.Generator | None = None, num_negatives: int = 256,
                   gbce_t: float = 0.75, label_smoothing: float = 0.0, contrastive: float = 0.0,
-                  contrastive_temperature: float = 1.0) -> torch.Tensor:
+                  contrastive_temperature: float = 1.0, partner_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Next-item loss averaged over the non-padding positions of a batch, plus an optional contrastive term.
 
     Args:
@@ -370,6 +370,11 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
             ``0`` (the default) runs one forward pass and draws no extra random numbers, exactly
             as before the option existed.
         contrastive_temperature: ``t`` of :func:`info_nce`.
+        partner_inputs: ``(B, L'')`` right-aligned, or ``None``: DuoRec's supervised positives
+            ("semantic augmentation", Sec. 4.3.2): row ``b`` is another training sequence whose last
+            target is row ``b``'s (:func:`same_target_partners`). Then the second view is
+            ``model(partner_inputs)[:, -1]`` instead of a second pass over ``inputs`` (DuoRec's
+            ``us_x``: the anchor keeps its dropout view, the positive is the other sequence).
 
     Returns:
         scalar tensor (nats per position, plus ``lambda`` x nats per vector of the contrastive term).
@@ -381,7 +386,8 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
     states = model(inputs)  # (B, L, d)
     if contrastive:
-        second = model(inputs)[:, -1]  # (B, d): the same sequences under another dropout mask
+        # (B, d): the same sequences under another dropout mask, or sequences with the same next item
+        second = model(inputs if partner_inputs is None else partner_inputs)[:, -1]
         extra = contrastive * info_nce(states[:, -1], second, contrastive_temperature)
         return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t,
                                label_smoothing) + extra
@@ -411,6 +417,36 @@ def _next_item_loss(model: SASRec, states: torch.Tensor, targets: torch.Tensor, 
     if loss == "bpr":
         return -F.logsigmoid(pos_logit - neg_logit).mean()
     return -(F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit)).mean()
+
+
+def same_target_partners(last_targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each training row, another row with the same last target, drawn uniformly (DuoRec's supervised positive).
+
+    Args:
+        last_targets: ``(N,)`` the target of each row's last column (item id + 1).
+        generator: RNG of the draw.
+
+    Returns:
+        ``(N,)`` int64 row indices: ``partner[i] != i`` and ``last_targets[partner[i]] == last_targets[i]``,
+        uniform among such rows; ``partner[i] = i`` where no other row has that target.
+    """
+    n = len(last_targets)
+    order = torch.argsort(last_targets, stable=True)  # rows grouped by target
+    sorted_t = last_targets[order]
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = sorted_t[1:] != sorted_t[:-1]
+    group = torch.cumsum(new_group.long(), 0) - 1  # (N,) group of each sorted row
+    starts = torch.nonzero(new_group).flatten()  # (G,)
+    sizes = torch.diff(torch.cat([starts, torch.tensor([n])]))  # (G,)
+    start, size = starts[group], sizes[group]
+    rank = torch.arange(n) - start  # position inside the group
+    # a uniform other member: shift by 1 .. size-1 inside the group, cyclically (size 1: (rank + 1) % 1 = itself)
+    draw = (torch.rand(n, generator=generator, dtype=torch.float64) * (size - 1)).long()  # 0 .. size-2
+    shift = 1 + torch.minimum(draw, (size - 2).clamp(min=0))
+    partner_sorted = start + (rank + shift) % size
+    out = torch.empty(n, dtype=torch.long)
+    out[order] = order[partner_sorted]
+    return out
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -489,6 +525,9 @@ class SASRecConfig:
         contrastive, contrastive_temperature: ``lambda`` and ``t`` of DuoRec's unsupervised
             contrastive term (two dropout views of each sequence, :func:`info_nce`; see
             :func:`sequence_loss`); ``contrastive = 0`` turns it off.
+        contrastive_positive: ``"dropout"`` (the second view is another dropout pass of the same
+            sequence; DuoRec's unsupervised augmentation) or ``"same_target"`` (another training
+            sequence with the same last target, :func:`same_target_partners`; DuoRec's supervised one).
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
@@ -511,10 +550,12 @@ class SASRecConfig:
     label_smoothing: float = 0.0
     contrastive: float = 0.0
     contrastive_temperature: float = 1.0
+    contrastive_positive: str = "dropout"
     eval_batch_size: int = 1024
 
 
 LR_SCHEDULES = ("constant", "cosine")
+CONTRASTIVE_POSITIVES = ("dropout", "same_target")
 
 
 def learning_rate(config: SASRecConfig, step: int, steps_per_epoch: int) -> float:
@@ -672,6 +713,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     if config.contrastive < 0 or not config.contrastive_temperature > 0:
         raise ValueError(f"contrastive must be >= 0 and contrastive_temperature > 0; got {config.contrastive} "
                          f"and {config.contrastive_temperature}")
+    if config.contrastive_positive not in CONTRASTIVE_POSITIVES:
+        raise ValueError(f"unknown contrastive_positive {config.contrastive_positive!r}: use one of "
+                         f"{CONTRASTIVE_POSITIVES}")
     conf = asdict(config)
     # fields that may change between a run and its resumption without changing the result so far
     resumable = {"patience", "eval_batch_size"} | ({"epochs"} if config.lr_schedule == "constant" else set())
@@ -720,6 +764,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
         batches = _length_bucketed_batches(lengths, config.batch_size, gen)[:steps]
+        supervised = config.contrastive > 0 and config.contrastive_positive == "same_target"
+        partners = same_target_partners(targets[:, -1], gen) if supervised else None  # drawn after the batches
         model.train()
         bar = tqdm(range(steps), desc=f"SASRec epoch {epoch}", unit="batch", disable=not progress or not main,
                    leave=False)
@@ -736,10 +782,14 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
                 x, y = inputs[idx], targets[idx]
                 width = int((x != 0).sum(1).max())  # trim the batch to its longest history
                 x, y = x[:, -width:].to(device), y[:, -width:].to(device)
+                xp = None
+                if partners is not None:
+                    xp = inputs[partners[idx]]
+                    xp = xp[:, -int((xp != 0).sum(1).max()):].to(device)
                 loss = sequence_loss(model, x, y, config.loss, generator=gen if device == "cpu" else None,
                                      num_negatives=config.num_negatives, gbce_t=config.gbce_t,
                                      label_smoothing=config.label_smoothing, contrastive=config.contrastive,
-                                     contrastive_temperature=config.contrastive_temperature)
+                                     contrastive_temperature=config.contrastive_temperature, partner_inputs=xp)
                 loss.backward()
                 loss_value = loss.item()
             distributed.all_reduce_gradients(model.parameters(), weight)
@@ -873,7 +923,7 @@ UNKEYED_FIELDS = ("epochs", "patience", "eval_batch_size")
 #: fields added after runs were cached, with the value every earlier run had: left out of the key
 #: at that value (so those runs keep their directory), and read as that value from an older
 #: ``metrics.json`` that lacks them.
-ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0}
+ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0, "contrastive_positive": "dropout"}
 
 
 def sasrec_run_dir(dataset, root=None, **cfg) -> Path:

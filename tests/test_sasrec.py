@@ -524,3 +524,48 @@ def test_resume_is_exact_with_the_contrastive_term(tmp_path):
     assert cached_sasrec_run(ds, root=tmp_path, progress=False, epochs=1, **dict(TINY, contrastive=0.0)).reused
     with pytest.raises(ValueError, match="contrastive"):
         cached_sasrec_run(ds, root=tmp_path, progress=False, **dict(cfg, contrastive=-1.0))
+
+
+def test_same_target_partners_are_other_rows_with_the_same_target_drawn_uniformly():
+    from collections import Counter
+
+    from rarec_lite.sasrec import same_target_partners
+
+    last = torch.tensor([5, 3, 5, 7, 5, 3, 9])  # target 5: rows 0, 2, 4; target 3: rows 1, 5; 7 and 9 alone
+    gen = torch.Generator().manual_seed(0)
+    counts = Counter()
+    for _ in range(3000):
+        counts.update(enumerate(same_target_partners(last, gen).tolist()))
+    assert {pair for pair in counts} == {(0, 2), (0, 4), (2, 0), (2, 4), (4, 0), (4, 2), (1, 5), (5, 1), (3, 3), (6, 6)}
+    for row, others in ((0, (2, 4)), (2, (0, 4)), (4, (0, 2))):  # each of the two others about half the time
+        assert all(1350 < counts[(row, o)] < 1650 for o in others)
+    again = same_target_partners(last, torch.Generator().manual_seed(1))
+    assert torch.equal(again, same_target_partners(last, torch.Generator().manual_seed(1)))  # a function of the RNG
+
+
+def test_supervised_contrastive_positive_is_the_partner_sequence_and_resumes_exactly(tmp_path):
+    from rarec_lite.sasrec import full_softmax_ce, info_nce
+
+    torch.manual_seed(0)
+    model = SASRec(num_items=20, hidden=8, max_len=6, num_layers=1, num_heads=2, dropout=0.3).train()
+    x, y = training_pairs([np.array([1, 2, 3, 4]), np.array([5, 6, 7]), np.array([8, 9, 10, 11, 12])], 6)
+    xp, _ = training_pairs([np.array([0, 4]), np.array([9, 7]), np.array([11, 12])], 6)
+    xp = xp[:, -1:]  # a partner batch may have its own width
+    torch.manual_seed(3)
+    one, two = model(x), model(xp)
+    keep = y != 0
+    want = full_softmax_ce(one[keep], model.item_embeddings(), y[keep] - 1) + 0.1 * info_nce(one[:, -1], two[:, -1])
+    torch.manual_seed(3)
+    assert sequence_loss(model, x, y, contrastive=0.1, partner_inputs=xp).item() == pytest.approx(want.item(), rel=1e-6)
+
+    ds = ToyDataset(num_users=100, seed=6)
+    cfg = dict(TINY, patience=10, contrastive=0.1, contrastive_positive="same_target")
+    straight = train_sasrec(ds, tmp_path / "a", progress=False, epochs=3, **cfg)
+    train_sasrec(ds, tmp_path / "b", progress=False, epochs=1, **cfg)
+    resumed = train_sasrec(ds, tmp_path / "b", progress=False, epochs=3, **cfg)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    dropout_view = train_sasrec(ds, tmp_path / "c", progress=False, epochs=3, **dict(cfg, contrastive_positive="dropout"))
+    assert not torch.equal(dropout_view.model.item_embeddings(), straight.model.item_embeddings())
+    with pytest.raises(ValueError, match="contrastive_positive"):
+        train_sasrec(ds, tmp_path / "d", progress=False, **dict(cfg, contrastive_positive="crop"))
