@@ -537,7 +537,7 @@ class SASRecConfig:
     num_heads: int = 1
     dropout: float = 0.5
     lr: float = 5e-3
-    weight_decay: float = 0.1
+    weight_decay: float = 0.3
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     batch_size: int = 256
