@@ -69,8 +69,8 @@ SASREC_HELP = {
     "num_negatives": "negatives per position for --loss gbce",
     "gbce_t": "gBCE calibration t in [0, 1] (0 = plain BCE)",
     "label_smoothing": "label smoothing eps of --loss ce (1 - eps on the target, eps / I on every item)",
-    "contrastive": "weight lambda of DuoRec's contrastive term (two dropout views of each sequence, InfoNCE with "
-                   "in-batch negatives; 0 = off)",
+    "contrastive": "weight lambda of DuoRec's contrastive term (InfoNCE between two views of each sequence's last "
+                   "state, in-batch negatives; the views: --contrastive-positive; 0 = off)",
     "contrastive_temperature": "temperature of the contrastive InfoNCE (dot-product similarity)",
     "contrastive_positive": "the contrastive positive: 'dropout' (a second dropout pass of the same sequence) or "
                             "'same_target' (another training sequence with the same last target)",

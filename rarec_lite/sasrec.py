@@ -25,6 +25,8 @@ Full-catalogue cross-entropy gives clearly better full-ranking numbers for the s
 (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than
 SASRec?", RecSys 2023). ``loss="gbce"`` is gSASRec's calibrated binary cross-entropy with many
 sampled negatives (Petrov & Macdonald, RecSys 2023), cheaper per step than the full softmax.
+``SASRecConfig.contrastive > 0`` adds DuoRec's contrastive regulariser (Qiu et al., WSDM 2022;
+:func:`info_nce`), off by default: it did not help on Clothing (README, "Options tried").
 
 Which interactions SASRec sees (the one place this is written down). For a user with
 chronological sequence ``s`` (leave-one-out, :meth:`rarec_lite.data.Dataset.split`):
