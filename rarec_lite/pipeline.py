@@ -148,6 +148,7 @@ def load_config(name_or_path: str | Path | dict) -> dict:
     _check_budgets(source, cfg["budgets"])
     for key, default in (("name", ""), ("description", ""), ("seed", 0)):
         _check_type(source, "top level", key, cfg[key], default)
+    raw_train = dict(raw.get("train", {})) if isinstance(raw.get("train", {}), dict) else {}
     for section, defaults in DEFAULTS.items():
         given = raw.pop(section, {})
         if not isinstance(given, dict):
@@ -172,6 +173,11 @@ def load_config(name_or_path: str | Path | dict) -> dict:
     for section, key, low in MINIMA:
         if cfg[section][key] < low:
             raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be >= {low}")
+    t = cfg["train"]
+    if t["negative_sampling"] == "popularity" and t["rank_loss"] != "softmax":
+        given = "" if "rank_loss" in raw_train else ", the default"
+        raise ValueError(f"{source}: [train] negative_sampling = \"popularity\" needs rank_loss = \"softmax\" (its logQ "
+                         f"correction is a softmax's; rank_loss is {t['rank_loss']!r}{given})")
     from rarec_lite.data import dataset_key
 
     try:
@@ -716,7 +722,9 @@ class Experiment:
         user_fn = (lambda batch: self.user_id_embeddings([np.asarray(s.history) for s in batch])) \
             if method.use_id else None
         _log(f"{method.name}: training {tower.alignment.num_trainable():,} parameters on {len(samples):,} samples "
-             f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} fresh negatives per step, {tcfg.rank_loss})")
+             f"({tcfg.steps} steps of {tcfg.batch_size}, {tcfg.negatives} fresh "
+             f"{'popularity-drawn (logQ-corrected)' if tcfg.negative_sampling == 'popularity' else 'uniform'} "
+             f"negatives per step, {tcfg.rank_loss})")
         result = train_alignment(tower, samples, train_prompts, self.item_prompts(method.prompts), user_fn,
                                  item_id_emb, cache, tcfg, self.out / "train" / method.name,
                                  progress=self.progress if progress is None else progress,

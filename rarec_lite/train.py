@@ -108,8 +108,9 @@ class TrainConfig:
         warmup: share of the steps with a linear learning-rate warm-up (then cosine decay to 0;
             ``schedule="constant"`` keeps ``lr``).
         schedule: ``"cosine"`` or ``"constant"``.
-        gate_lr_scale: the learned gate (one scalar per tower, :class:`rarec_lite.alignment.RAAlignment`)
-            trains with ``lr * gate_lr_scale`` (a logit: steps of ``lr`` would barely move it).
+        gate_lr_scale: the learned gates (per layer and tower with the gated attention, one scalar per
+            tower with the joint one; :class:`rarec_lite.alignment.RAAlignment`)
+            train with ``lr * gate_lr_scale`` (steps of ``lr`` would barely move a gate).
         gate_warmup: share of the steps over which the gate's offset rises linearly from the
             module's ``gate_init`` (the zero-shot model) to 0.
         negative_sampling: ``"uniform"`` (without replacement) or ``"popularity"``: drawn with
@@ -119,6 +120,7 @@ class TrainConfig:
             negatives are mostly long-tail items, easy to tell from a target; on a last-layer probe
             (README "Results", RA-Rec point 6) BPR against them made full ranking worse while its loss fell,
             and the popularity-drawn softmax with logQ was the first objective under which training helped.
+            With ``negatives = 0`` only the in-batch targets' columns get the correction.
     """
 
     steps: int = 100

@@ -237,3 +237,17 @@ def test_a_clash_names_the_keys_that_differ(tmp_path):
     cfg["train"]["steps"] = 9
     with pytest.raises(ValueError, match=r"differs in \[train\] steps"):
         run_pipeline(cfg, out=tmp_path, progress=False)
+
+
+def test_popularity_negatives_need_the_softmax_at_config_read(tmp_path):
+    # a cross-field error is caught when the config is read, naming the file and the section
+    from rarec_lite.pipeline import load_config
+
+    bad = tmp_path / "pop.toml"
+    bad.write_text('name = "x"\n[train]\nnegative_sampling = "popularity"\n')
+    with pytest.raises(ValueError, match=r"pop\.toml: \[train\] negative_sampling = \"popularity\" needs rank_loss = "
+                                         r"\"softmax\" .*'bpr', the default"):
+        load_config(str(bad))
+    good = tmp_path / "ok.toml"
+    good.write_text('name = "x"\n[train]\nnegative_sampling = "popularity"\nrank_loss = "softmax"\n')
+    assert load_config(str(good))["train"]["negative_sampling"] == "popularity"
