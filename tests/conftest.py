@@ -21,11 +21,22 @@ def load_file_module(path: Path, name: str):
     return mod
 
 
+def _mirrored(name: str) -> Path | None:
+    """``$RAREC_MIRROR/<name>`` when the variable names a directory (as the README sets it), else None."""
+    from rarec_lite import paths
+
+    try:
+        root = paths.mirror()
+    except FileNotFoundError:
+        return None
+    return root / name if root is not None else None
+
+
 def _shared_cloth() -> Path | None:
-    """The real Clothing mirror: $RAREC_TEST_CLOTH, else ../shared/data/amazon_cloth."""
+    """The real Clothing mirror: $RAREC_TEST_CLOTH, else $RAREC_MIRROR/amazon_cloth, else ../shared/data/amazon_cloth."""
     env = os.environ.get("RAREC_TEST_CLOTH")
-    path = Path(env) if env else SHARED_CLOTH
-    return path if (path / "user_sequence.txt").exists() else None
+    candidates = [Path(env)] if env else [p for p in (_mirrored("amazon_cloth"), SHARED_CLOTH) if p is not None]
+    return next((p for p in candidates if (p / "user_sequence.txt").exists()), None)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +45,7 @@ def shared_cloth_dir() -> Path:
     path = _shared_cloth()
     if path is None:
         pytest.skip(
-            f"real Amazon Clothing data not found at {SHARED_CLOTH} "
+            f"real Amazon Clothing data not found at {SHARED_CLOTH} or $RAREC_MIRROR/amazon_cloth "
             "(set RAREC_TEST_CLOTH to a directory holding user_sequence.txt)"
         )
     return path
@@ -46,10 +57,11 @@ SHARED_SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon_scientific"
 @pytest.fixture(scope="session")
 def shared_scientific_dir() -> Path:
     """Directory with the real Amazon 2018 Industrial & Scientific 5-core (LC-Rec layout:
-    Scientific.inter.json + Scientific.item.json): $RAREC_TEST_SCIENTIFIC, else
-    ../shared/data/amazon_scientific; skips if absent."""
+    Scientific.inter.json + Scientific.item.json): $RAREC_TEST_SCIENTIFIC, else $RAREC_MIRROR/amazon_scientific,
+    else ../shared/data/amazon_scientific; skips if absent."""
     env = os.environ.get("RAREC_TEST_SCIENTIFIC")
-    path = Path(env) if env else SHARED_SCIENTIFIC
+    candidates = [Path(env)] if env else [p for p in (_mirrored("amazon_scientific"), SHARED_SCIENTIFIC) if p is not None]
+    path = next((p for p in candidates if (p / "Scientific.inter.json").exists()), candidates[0])
     if not (path / "Scientific.inter.json").exists():
         pytest.skip(f"real Amazon Scientific data not found at {path} (set RAREC_TEST_SCIENTIFIC to a directory "
                     "holding Scientific.inter.json + Scientific.item.json)")
