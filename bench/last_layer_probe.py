@@ -32,6 +32,7 @@ from rarec_lite.alignment import RAAlignment, TwoTower
 from rarec_lite.prefix import forward_with_prefix, pool, _gated_prefix_hooks, prefix_key_values
 from rarec_lite.llm import pooling_exclusion
 from rarec_lite.metrics import metrics_from_ranks
+from rarec_lite.losses import bpr_loss, sampled_softmax_loss
 
 A = dict(K=1, steps=600, B=32, neg=256, lr=1e-3, gate_lr=1e-2, instr=4, gate0=0.5, loss="bpr", wd=0.0,
          restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, name="k1", evalevery=0, scale=0.0, tie=1)
@@ -165,20 +166,13 @@ def evaluate(tag):
     print(line, f"({time.time()-tt:.0f}s)", flush=True)
     return r, t, met
 
-def bpr(u, v, vid, negs, nid):
-    s_pos = (u * v).sum(1, keepdim=True) / H
-    cand = torch.cat([v, negs]); cid = torch.cat([vid, nid])
-    s = u @ cand.T / H
-    mask = cid[None, :] == vid[:, None]
+def rank_loss(u, v, vid, negs, nid):
+    """The package's ranking losses (rarec_lite.losses), as the trainer calls them: in-batch targets + the
+    step's negatives, score scale 1/H (times ``inv_t`` for the softmax), logQ with popularity negatives."""
     if A["loss"] == "bpr":
-        l = -torch.nn.functional.logsigmoid(s_pos - s)
-        l = l.masked_fill(mask, 0).sum(1) / (~mask).sum(1)
-        return l.mean()
-    s = s.masked_fill(mask, -1e9)
-    logits = torch.cat([s_pos, s], 1) * A["inv_t"]
-    if A["negpop"]:
-        logits = logits - torch.cat([logq[vid][:, None], logq[cid][None, :].expand(len(u), -1)], 1)
-    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long))
+        return bpr_loss(u, v, vid, 1.0 / H, negs, nid)
+    lq = (logq[vid], logq[nid]) if A["negpop"] else (None, None)
+    return sampled_softmax_loss(u, v, vid, A["inv_t"] / H, negs, nid, *lq)
 
 ist, ust = stats()
 pop = np.asarray(exp.dataset.item_popularity(), dtype=np.float64) + 1.0
@@ -210,7 +204,7 @@ for step in range(A["steps"]):
     u = encode(C_tr, b, "user", U_tr[b])
     iv = encode(C_it, item_row[torch.cat([vid, nid])], "item", E[torch.cat([vid, nid])])
     zu = (u - ust[0]) / ust[1]; zi = (iv - ist[0]) / ist[1]
-    loss = bpr(zu, zi[:len(b)], vid, zi[len(b):], nid)
+    loss = rank_loss(zu, zi[:len(b)], vid, zi[len(b):], nid)
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(al.parameters(), 1.0); opt.step()
     hist.append(loss.item())
     if step % 50 == 0 or step == A["steps"] - 1:

@@ -3,8 +3,9 @@
 Read :func:`train_alignment` top to bottom; it is the whole loop:
 
 1. take a batch of :class:`~rarec_lite.sampling.Sample` (user history -> target item);
-2. **fresh negatives**: draw ``negatives`` catalogue items uniformly (seeded by the step) and encode
-   them through the *current* item tower without gradient;
+2. **fresh negatives**: draw ``negatives`` catalogue items (seeded by the step; uniformly, or by popularity
+   with the softmax's logQ correction: ``TrainConfig.negative_sampling``) and encode them through the
+   *current* item tower without gradient;
 3. user tower: the hybrid prompt of the sample + the frozen SASRec embedding of its history;
    item tower: the target's text prompt + the target's frozen SASRec item embedding; the pooled
    final states go through each tower's standardisation when it has one
@@ -486,8 +487,8 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         log_p = torch.as_tensor(np.log(sample_p), dtype=torch.float32)
 
     def fresh_negatives(step: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """``negatives`` uniformly drawn items (seeded by the step: the same on resume) through the
-        current item tower, no gradient: ``(ids (N,), raw states (N, H))``."""
+        """``negatives`` items drawn as ``cfg.negative_sampling`` says (seeded by the step: the same on
+        resume) through the current item tower, no gradient: ``(ids (N,), raw states (N, H))``."""
         if cfg.negatives <= 0:
             return None, None
         rng = np.random.default_rng([cfg.seed, 7919, step])
