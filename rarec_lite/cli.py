@@ -74,6 +74,8 @@ SASREC_HELP = {
     "contrastive_temperature": "temperature of the contrastive InfoNCE (dot-product similarity)",
     "contrastive_positive": "the contrastive positive: 'dropout' (a second dropout pass of the same sequence) or "
                             "'same_target' (another training sequence with the same last target)",
+    "similarity": "'dot' (state . item embedding) or 'cosine' (both L2-normalised, divided by --temperature)",
+    "temperature": "temperature tau of --similarity cosine (scores are cos / tau)",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 
@@ -173,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run dir (default: the shared cache $RAREC_HOME/runs/sasrec-DATASET-<data hash>-<config hash>)")
     from dataclasses import fields
 
-    from rarec_lite.sasrec import CONTRASTIVE_POSITIVES, LOSSES, LR_SCHEDULES, SASRecConfig
+    from rarec_lite.sasrec import CONTRASTIVE_POSITIVES, LOSSES, LR_SCHEDULES, SIMILARITIES, SASRecConfig
 
-    choices = {"loss": LOSSES, "lr_schedule": LR_SCHEDULES, "contrastive_positive": CONTRASTIVE_POSITIVES}
+    choices = {"loss": LOSSES, "lr_schedule": LR_SCHEDULES, "contrastive_positive": CONTRASTIVE_POSITIVES,
+               "similarity": SIMILARITIES}
     for f in fields(SASRecConfig):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                        choices=choices.get(f.name), help=SASREC_HELP.get(f.name, f.name))

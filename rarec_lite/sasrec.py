@@ -65,6 +65,7 @@ from .files import atomic_write_json, load_checkpoint, save_checkpoint
 from .metrics import DEFAULT_KS, EvalResult, evaluate
 
 LOSSES = ("ce", "gbce", "bpr", "bce")
+SIMILARITIES = ("dot", "cosine")
 
 
 # ----------------------------------------------------------------------------- input
@@ -161,15 +162,26 @@ class SASRec(nn.Module):
         max_len: ``L``, the longest history read (older items are dropped).
         num_layers, num_heads: Transformer blocks and attention heads.
         dropout: on embeddings, attention weights and residual branches.
+        similarity: ``"dot"`` (the paper's ``state . E[i]``) or ``"cosine"``: the output states and
+            the output item embeddings are L2-normalised and divided by ``sqrt(temperature)``, so a
+            score is ``cos(state, E[i]) / temperature`` (the input embeddings stay unnormalised).
+        temperature: ``tau`` of ``"cosine"`` (ignored by ``"dot"``).
+
+    Raises:
+        ValueError: sizes below 1, unknown ``similarity`` or ``temperature <= 0``.
     """
 
     def __init__(self, num_items: int, hidden: int = 64, max_len: int = 50, num_layers: int = 2,
-                 num_heads: int = 1, dropout: float = 0.2):
+                 num_heads: int = 1, dropout: float = 0.2, similarity: str = "dot", temperature: float = 1.0):
         super().__init__()
         if num_items < 1 or hidden < 1 or max_len < 1:
             raise ValueError(f"num_items, hidden and max_len must be >= 1 (got {num_items}, {hidden}, {max_len})")
+        if similarity not in SIMILARITIES or not temperature > 0:
+            raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature > 0; got {similarity!r}, "
+                             f"{temperature}")
         self.config = dict(num_items=num_items, hidden=hidden, max_len=max_len, num_layers=num_layers,
-                           num_heads=num_heads, dropout=dropout)
+                           num_heads=num_heads, dropout=dropout, similarity=similarity, temperature=temperature)
+        self.similarity, self.temperature = similarity, float(temperature)
         self.num_items, self.hidden, self.max_len = num_items, hidden, max_len
         self.item_emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
@@ -205,7 +217,14 @@ class SASRec(nn.Module):
         x = self.emb_dropout(x) * is_item[..., None]  # padding positions carry nothing
         for block in self.blocks:
             x = block(x, is_item)
-        return self.final_ln(x)
+        return self._output(self.final_ln(x))
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        """States or item embeddings as they enter a score: unchanged (``"dot"``), or on the sphere of
+        radius ``temperature ** -0.5`` (``"cosine"``: the product of two is ``cos / temperature``)."""
+        if self.similarity == "dot":
+            return x
+        return F.normalize(x, dim=-1) / math.sqrt(self.temperature)
 
     def encode(self, histories: torch.Tensor) -> torch.Tensor:
         """User (sequence) embedding: the state at the last column.
@@ -219,8 +238,9 @@ class SASRec(nn.Module):
         return self.forward(histories)[:, -1, :]
 
     def item_embeddings(self) -> torch.Tensor:
-        """``(I, d)`` item embeddings (row ``i`` = item ``i``; the padding row is dropped)."""
-        return self.item_emb.weight[1:]
+        """``(I, d)`` output item embeddings (row ``i`` = item ``i``; the padding row is dropped;
+        normalised and scaled with ``similarity="cosine"``)."""
+        return self._output(self.item_emb.weight[1:])
 
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         """``(B, I)`` next-item scores ``encode(h) @ item_embeddings().T``."""
@@ -530,6 +550,8 @@ class SASRecConfig:
         contrastive_positive: ``"dropout"`` (the second view is another dropout pass of the same
             sequence; DuoRec's unsupervised augmentation) or ``"same_target"`` (another training
             sequence with the same last target, :func:`same_target_partners`; DuoRec's supervised one).
+        similarity, temperature: ``"dot"`` (the paper's score) or ``"cosine"`` (``cos / temperature``:
+            states and output item embeddings L2-normalised; :class:`SASRec`).
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
@@ -553,6 +575,8 @@ class SASRecConfig:
     contrastive: float = 0.0
     contrastive_temperature: float = 1.0
     contrastive_positive: str = "dropout"
+    similarity: str = "dot"
+    temperature: float = 1.0
     eval_batch_size: int = 1024
 
 
@@ -728,7 +752,8 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
 
     main = distributed.is_main()
     _seed_everything(config.seed)
-    model = SASRec(num_items, config.hidden, config.max_len, config.num_layers, config.num_heads, config.dropout).to(device)
+    model = SASRec(num_items, config.hidden, config.max_len, config.num_layers, config.num_heads, config.dropout,
+                   config.similarity, config.temperature).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     inputs, targets = training_pairs(split.train, config.max_len)
     state = dict(epoch=0, best_epoch=0, best_ndcg10=-1.0, bad_epochs=0, history=[], train_seconds=0.0)
@@ -925,7 +950,8 @@ UNKEYED_FIELDS = ("epochs", "patience", "eval_batch_size")
 #: fields added after runs were cached, with the value every earlier run had: left out of the key
 #: at that value (so those runs keep their directory), and read as that value from an older
 #: ``metrics.json`` that lacks them.
-ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0, "contrastive_positive": "dropout"}
+ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0, "contrastive_positive": "dropout",
+                "similarity": "dot", "temperature": 1.0}
 
 
 def sasrec_run_dir(dataset, root=None, **cfg) -> Path:

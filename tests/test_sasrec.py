@@ -569,3 +569,43 @@ def test_supervised_contrastive_positive_is_the_partner_sequence_and_resumes_exa
     assert not torch.equal(dropout_view.model.item_embeddings(), straight.model.item_embeddings())
     with pytest.raises(ValueError, match="contrastive_positive"):
         train_sasrec(ds, tmp_path / "d", progress=False, **dict(cfg, contrastive_positive="crop"))
+
+
+def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end_to_end(tmp_path):
+    """``similarity="cosine"``: every score is cos(state, E[i]) / tau, computed here from the raw
+    model pieces (final LayerNorm output and the unnormalised embedding table) by hand."""
+    torch.manual_seed(0)
+    model = SASRec(num_items=9, hidden=8, max_len=5, num_layers=1, num_heads=2, dropout=0.0,
+                   similarity="cosine", temperature=0.25).eval()
+    hist = pad_histories([np.array([1, 2, 3]), np.array([4])], 5)
+    raw = model.final_ln(model.blocks[0](
+        (model.item_emb(hist) * math.sqrt(8) + model.pos_emb(torch.arange(5))[None]) * (hist != 0)[..., None],
+        hist != 0))[:, -1]
+    table = model.item_emb.weight[1:]
+    want = torch.stack([torch.stack([F.cosine_similarity(u, e, dim=0) for e in table]) for u in raw]) / 0.25
+    got = model.score(hist)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert got.abs().max() <= 1 / 0.25 + 1e-5
+    # the exported item embeddings are what the scores use: rows of norm tau^-1/2
+    assert torch.allclose(model.item_embeddings().norm(dim=1), torch.full((9,), 2.0), atol=1e-5)
+    # the dot-product model is unchanged: scores are the raw dot products
+    dot = SASRec(num_items=9, hidden=8, max_len=5, num_layers=1, num_heads=2, dropout=0.0)
+    dot.load_state_dict(model.state_dict())
+    assert torch.allclose(dot.eval().score(hist), raw @ table.T, atol=1e-5)
+    # trains, exports, reloads with its similarity; the cached run's key changes, the default key does not
+    from rarec_lite.sasrec import sasrec_run_dir
+
+    ds = ToyDataset()
+    run = train_sasrec(ds, tmp_path / "cos", progress=False, epochs=8, patience=8,
+                       **dict(TINY, similarity="cosine", temperature=0.1))
+    assert run.test.metrics["NDCG@10"] > 0.6
+    again = load_sasrec(tmp_path / "cos")
+    assert again.similarity == "cosine" and again.temperature == pytest.approx(0.1)
+    assert torch.allclose(again.item_embeddings().norm(dim=1), torch.full((30,), 0.1 ** -0.5), atol=1e-4)
+    assert sasrec_run_dir(ds, tmp_path, **TINY) == sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot",
+                                                                                      temperature=1.0))
+    assert sasrec_run_dir(ds, tmp_path, **TINY) != sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="cosine"))
+    with pytest.raises(ValueError, match="similarity"):
+        SASRec(num_items=9, similarity="cos")
+    with pytest.raises(ValueError, match="temperature"):
+        train_sasrec(ds, tmp_path / "bad", progress=False, **dict(TINY, similarity="cosine", temperature=0.0))
