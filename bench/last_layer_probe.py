@@ -15,7 +15,7 @@ Options as ``key=value`` (defaults below in ``A``): ``K`` prompt layers, ``steps
 ``negpop=1`` popularity-sampled negatives with the logQ correction (Yi et al. 2019), ``nsamp``
 training pairs (denoised + diversified validation pairs, as the pipeline's), ``plain=1`` without
 data construction, ``restat`` steps between recomputing the standardisation statistics,
-``direct=1`` the ID mapped straight to the value (no layer norm / v_proj), ``sweep=g1,g2`` evaluate
+``fixgate=item`` (or ``user``, ``user,item``) keeps that tower's gates where they start, ``direct=1`` the ID mapped straight to the value (no layer norm / v_proj), ``sweep=g1,g2`` evaluate
 untrained gates, ``evalevery`` steps between evaluations.
 
 Usage (after the main job, whose catalogue cache in ``$MAIN_OUT``, default ``results/cpu-quick``, is reused)::
@@ -35,7 +35,7 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.losses import bpr_loss, sampled_softmax_loss
 
 A = dict(K=1, steps=600, B=32, neg=256, lr=1e-3, gate_lr=1e-2, instr=4, gate0=0.5, loss="bpr", wd=0.0,
-         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, name="k1", evalevery=0, scale=0.0, tie=1)
+         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1)
 for kv in sys.argv[1:]:
     k, v = kv.split("=");  A[k] = type(A[k])(v) if not isinstance(A[k], str) else v
 print(A, flush=True)
@@ -185,7 +185,9 @@ if A["sweep"]:
     sys.exit()
 if A["steps"] == 0:
     evaluate("untrained"); sys.exit()
-names = [(k, p) for k, p in al.named_parameters()]
+for t in A["fixgate"].split(",") if A["fixgate"] else []:  # e.g. fixgate=item: that tower's gate stays at gate0
+    al.gate[t].requires_grad_(False)
+names = [(k, p) for k, p in al.named_parameters() if p.requires_grad]
 opt = torch.optim.AdamW([{"params": [p for k, p in names if not k.startswith("gate")], "lr": A["lr"]},
                          {"params": [p for k, p in names if k.startswith("gate")], "lr": A["gate_lr"], "weight_decay": 0}],
                         weight_decay=A["wd"])

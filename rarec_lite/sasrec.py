@@ -15,11 +15,13 @@ Layout of one model (d = ``hidden``, L = ``max_len``)::
 
     item ids + 1 (0 = padding)  ->  E[item] * sqrt(d)  +  P[position]  ->  dropout
       -> num_layers x [ x + Attn(LN(x)) ;  x + FFN(LN(x)) ]     (pre-LN, causal attention)
-      -> LN  ->  states (B, L, d);   score(i) = state . E[i]
+      -> LN  ->  states (B, L, d);   score(i) = cos(state, E[i]) / tau   (or state . E[i], see below)
 
 Differences from the paper, on purpose: pre-LayerNorm blocks (the paper adds LN after the
 residual; pre-LN trains more stably and is what GPT-2 and nanoGPT use), a final LayerNorm,
-and full-catalogue cross-entropy as the default loss (the paper's loss, one sampled negative
+cosine similarity over a temperature (``tau = 0.1``) as the default score (``similarity="dot"`` is the
+paper's dot product; measured on Clothing, the cosine form is higher on validation NDCG@10, 0.0178 vs
+0.0167, README "The ID encoder"), and full-catalogue cross-entropy as the default loss (the paper's loss, one sampled negative
 with binary cross-entropy, is ``loss="bce"``; ``loss="bpr"`` is Rendle et al. 2009).
 Full-catalogue cross-entropy gives clearly better full-ranking numbers for the same time
 (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than
@@ -575,12 +577,23 @@ class SASRecConfig:
     contrastive: float = 0.0
     contrastive_temperature: float = 1.0
     contrastive_positive: str = "dropout"
-    similarity: str = "dot"
-    temperature: float = 1.0
+    similarity: str = "cosine"
+    temperature: float = 0.1
     eval_batch_size: int = 1024
 
 
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def _canonical(config: SASRecConfig) -> SASRecConfig:
+    """``config`` with the fields that cannot change the model set to one value: ``temperature`` is
+    unused by ``similarity="dot"`` and reads as 1.0 there, so ``--similarity dot`` alone finds the
+    dot-product runs cached before the option existed (and resumes their checkpoints)."""
+    import dataclasses
+
+    if config.similarity == "dot" and config.temperature != 1.0:
+        return dataclasses.replace(config, temperature=1.0)
+    return config
 CONTRASTIVE_POSITIVES = ("dropout", "same_target")
 
 
@@ -722,7 +735,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     unknown = set(cfg) - set(SASRecConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown SASRec config field(s): {sorted(unknown)}")
-    config = SASRecConfig(**cfg)
+    config = _canonical(SASRecConfig(**cfg))
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}: use one of {LOSSES}")
     if config.lr_schedule not in LR_SCHEDULES:
@@ -973,7 +986,7 @@ def sasrec_run_dir(dataset, root=None, **cfg) -> Path:
     unknown = set(cfg) - set(SASRecConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown SASRec config field(s): {sorted(unknown)}")
-    keyed = asdict(SASRecConfig(**cfg))
+    keyed = asdict(_canonical(SASRecConfig(**cfg)))
     if keyed["lr_schedule"] == "constant":
         keyed.pop("epochs")
     for key in ("patience", "eval_batch_size"):
@@ -1033,7 +1046,7 @@ def cached_sasrec_run(dataset, root=None, device: str = "cpu", progress: bool = 
         ValueError: an unknown config field (and see :func:`train_sasrec`).
     """
     out = sasrec_run_dir(dataset, root, **cfg)
-    want = asdict(SASRecConfig(**cfg))
+    want = asdict(_canonical(SASRecConfig(**cfg)))
     done = out / "metrics.json"
     if done.exists() and max_steps_per_epoch is None:
         from .files import read_json

@@ -180,8 +180,10 @@ def test_real_clothing_bounded_training_end_to_end(shared_cloth_dir, session_hom
 
     ds = load_dataset("cloth", raw_dir=shared_cloth_dir, processed_dir=session_home / "processed" / "cloth")
     assert (ds.num_users, ds.num_items) == (39_387, 23_033)
+    # the paper's dot product: 10 steps bring its loss near ln I (the cosine default starts higher: at
+    # initialisation the last item's own cosine, 1 / tau = 10 nats, must first be unlearned)
     run = train_sasrec(ds, tmp_path / "run", progress=False, epochs=1, max_steps_per_epoch=10,
-                       hidden=32, max_len=20, num_layers=1, lr=5e-3)
+                       hidden=32, max_len=20, num_layers=1, lr=5e-3, similarity="dot")
     history = run.metrics["history"]
     assert len(history) == 1 and math.isfinite(history[0]["loss"])
     assert history[0]["loss"] < math.log(ds.num_items) + 1.0
@@ -602,9 +604,24 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
     again = load_sasrec(tmp_path / "cos")
     assert again.similarity == "cosine" and again.temperature == pytest.approx(0.1)
     assert torch.allclose(again.item_embeddings().norm(dim=1), torch.full((30,), 0.1 ** -0.5), atol=1e-4)
-    assert sasrec_run_dir(ds, tmp_path, **TINY) == sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot",
-                                                                                      temperature=1.0))
-    assert sasrec_run_dir(ds, tmp_path, **TINY) != sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="cosine"))
+    default = sasrec_run_dir(ds, tmp_path, **TINY)  # the default is cosine / 0.1
+    assert default == sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="cosine", temperature=0.1))
+    assert default != sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="cosine", temperature=0.2))
+    # a dot-product run ignores the temperature: its key is the one dot runs had before the option
+    # existed (the fields left out at their old values), whatever --temperature says
+    dot = sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot"))
+    assert dot != default and dot == sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot", temperature=0.5))
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from rarec_lite.sasrec import SASRecConfig, data_signature
+
+    old_keyed = {k: v for k, v in asdict(SASRecConfig(**TINY)).items()
+                 if k not in ("epochs", "patience", "eval_batch_size", "contrastive", "contrastive_temperature",
+                              "contrastive_positive", "similarity", "temperature")}
+    assert dot.name.endswith(hashlib.sha1(json.dumps(old_keyed, sort_keys=True).encode()).hexdigest()[:10])
+    assert dot.name.startswith(f"sasrec-data-{data_signature(ds)}")
     with pytest.raises(ValueError, match="similarity"):
         SASRec(num_items=9, similarity="cos")
     with pytest.raises(ValueError, match="temperature"):
