@@ -75,7 +75,8 @@ SASREC_HELP = {
     "contrastive_positive": "the contrastive positive: 'dropout' (a second dropout pass of the same sequence) or "
                             "'same_target' (another training sequence with the same last target)",
     "similarity": "'dot' (state . item embedding) or 'cosine' (both L2-normalised, divided by --temperature)",
-    "temperature": "temperature tau of --similarity cosine (scores are cos / tau)",
+    "temperature": "temperature tau of --similarity cosine (scores are cos / tau; a finite number > 0, "
+                   "ignored by --similarity dot)",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 
@@ -88,10 +89,11 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
     from rarec_lite.baselines import MostPop
     from rarec_lite.data import label, load_dataset
     from rarec_lite.metrics import evaluate, format_metrics
-    from rarec_lite.sasrec import SASRecConfig, cached_sasrec_run, train_sasrec
+    from rarec_lite.sasrec import SASRecConfig, cached_sasrec_run, check_config, train_sasrec
 
-    dataset = load_dataset(args.dataset)
     cfg = {f.name: getattr(args, f.name) for f in dataclasses.fields(SASRecConfig)}
+    check_config(cfg)  # a bad value fails here, before the data is read
+    dataset = load_dataset(args.dataset)
     print(f"train-sasrec on {args.dataset} ({dataset.num_users:,} users, {dataset.num_items:,} items): up to "
           f"{args.epochs} epochs (--epochs), stopping early after {args.patience} epochs without a better "
           f"validation NDCG@10 (--patience); the best epoch is kept. One line per finished epoch; a finished run "

@@ -169,6 +169,10 @@ class SASRec(nn.Module):
             score is ``cos(state, E[i]) / temperature`` (the input embeddings stay unnormalised).
         temperature: ``tau`` of ``"cosine"`` (ignored by ``"dot"``).
 
+    The class defaults are the paper's model (dot product, dropout 0.2, hidden 64); the course's
+    measured defaults (cosine / 0.1, dropout 0.5, hidden 128, ...) live in :class:`SASRecConfig`,
+    which :func:`train_sasrec` uses.
+
     Raises:
         ValueError: sizes below 1, unknown ``similarity`` or ``temperature <= 0``.
     """
@@ -178,7 +182,7 @@ class SASRec(nn.Module):
         super().__init__()
         if num_items < 1 or hidden < 1 or max_len < 1:
             raise ValueError(f"num_items, hidden and max_len must be >= 1 (got {num_items}, {hidden}, {max_len})")
-        if similarity not in SIMILARITIES or not temperature > 0:
+        if similarity not in SIMILARITIES or not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature > 0; got {similarity!r}, "
                              f"{temperature}")
         self.config = dict(num_items=num_items, hidden=hidden, max_len=max_len, num_layers=num_layers,
@@ -305,9 +309,10 @@ class _FullSoftmaxCE(torch.autograd.Function):
         p = h @ items.T  # (N, I) logits
         top = p.max(1, keepdim=True).values
         mean_logit = p.mean(1, keepdim=True) if smoothing else None
+        target = p.gather(1, pos[:, None]) - top  # (N, 1), read before the in-place exp (no underflow)
         p.sub_(top).exp_()
         total = p.sum(1, keepdim=True)
-        nll = total.log() - p.gather(1, pos[:, None]).log()  # (N, 1): log Z - l_pos
+        nll = total.log() - target  # (N, 1): log Z - l_pos
         if smoothing:  # (1 - eps) * nll + eps * (log Z - mean_i l_i)
             nll = (1.0 - smoothing) * nll + smoothing * (total.log() + top - mean_logit)
         loss = nll.mean()
@@ -338,9 +343,9 @@ def full_softmax_ce(h: torch.Tensor, items: torch.Tensor, pos: torch.Tensor, lab
     Returns:
         scalar, nats per position (mean over ``N``).
 
-    Note:
-        ``exp(l - max)`` can underflow to 0 for the target only when its logit is ~88 below the
-        row's best (then the loss is ``inf``, as a float32 log-softmax would give ~88+).
+    The target's logit is read before the exponentials, so a target far below the row's best
+    (e.g. 200 nats, a cosine score with a tiny temperature) gives a large finite loss, as
+    ``F.cross_entropy`` does, not ``inf``.
     """
     return _FullSoftmaxCE.apply(h, items, pos, float(label_smoothing))
 
@@ -688,6 +693,43 @@ def _sub(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def check_config(cfg: dict) -> SASRecConfig:
+    """The :class:`SASRecConfig` of ``cfg`` (fields that differ from the defaults), checked before any
+    data is read: :func:`train_sasrec` and ``rarec-lite train-sasrec`` call it first (gBCE's
+    ``num_negatives``, which needs the catalogue size, is checked in :func:`train_sasrec`).
+
+    Raises:
+        ValueError: an unknown field or value (names the field and the allowed values).
+    """
+    unknown = set(cfg) - set(SASRecConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown SASRec config field(s): {sorted(unknown)}")
+    config = SASRecConfig(**cfg)
+    if config.similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {config.similarity!r}: use one of {SIMILARITIES}")
+    if not (math.isfinite(config.temperature) and config.temperature > 0):  # checked even where "dot" ignores it
+        raise ValueError(f"temperature must be a finite number > 0; got {config.temperature}")
+    config = _canonical(config)
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}: use one of {LOSSES}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}: use one of {LR_SCHEDULES}")
+    for name in ("epochs", "patience", "batch_size", "hidden", "max_len", "num_layers", "num_heads"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"SASRec {name} must be >= 1; got {getattr(config, name)} (0 epochs would export an "
+                             "untrained model)" if name == "epochs" else f"SASRec {name} must be >= 1; got "
+                             f"{getattr(config, name)}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.contrastive < 0 or not config.contrastive_temperature > 0:
+        raise ValueError(f"contrastive must be >= 0 and contrastive_temperature > 0; got {config.contrastive} "
+                         f"and {config.contrastive_temperature}")
+    if config.contrastive_positive not in CONTRASTIVE_POSITIVES:
+        raise ValueError(f"unknown contrastive_positive {config.contrastive_positive!r}: use one of "
+                         f"{CONTRASTIVE_POSITIVES}")
+    return config
+
+
 def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, max_steps_per_epoch: int | None = None,
                  **cfg) -> SASRecRun:
     """Train SASRec on a leave-one-out split, with early stopping, resumable checkpoints and exports.
@@ -732,29 +774,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     """
     from rarec_lite.progress import tqdm
 
-    unknown = set(cfg) - set(SASRecConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown SASRec config field(s): {sorted(unknown)}")
-    config = _canonical(SASRecConfig(**cfg))
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}: use one of {LOSSES}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}: use one of {LR_SCHEDULES}")
-    for name in ("epochs", "patience", "batch_size", "hidden", "max_len", "num_layers", "num_heads"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"SASRec {name} must be >= 1; got {getattr(config, name)} (0 epochs would export an "
-                             "untrained model)" if name == "epochs" else f"SASRec {name} must be >= 1; got "
-                             f"{getattr(config, name)}")
+    config = check_config(cfg)
     if config.loss == "gbce":
         gbce_beta(int(dataset.num_items), config.num_negatives, config.gbce_t)  # range checks
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
-    if config.contrastive < 0 or not config.contrastive_temperature > 0:
-        raise ValueError(f"contrastive must be >= 0 and contrastive_temperature > 0; got {config.contrastive} "
-                         f"and {config.contrastive_temperature}")
-    if config.contrastive_positive not in CONTRASTIVE_POSITIVES:
-        raise ValueError(f"unknown contrastive_positive {config.contrastive_positive!r}: use one of "
-                         f"{CONTRASTIVE_POSITIVES}")
     conf = asdict(config)
     # fields that may change between a run and its resumption without changing the result so far
     resumable = {"patience", "eval_batch_size"} | ({"epochs"} if config.lr_schedule == "constant" else set())

@@ -374,6 +374,18 @@ def test_full_softmax_ce_value_and_gradients_match_torch():
     assert got[1][0].abs().max() == 0  # the padding row gets no gradient
 
 
+def test_full_softmax_ce_is_finite_when_the_target_is_far_below_the_best():
+    """A target 200 nats below the row's best (exp underflows to 0 in float32): the loss is the finite
+    log Z - l_pos, by hand 200 + log(1 + e^-200 + e^-100) = 200, as F.cross_entropy gives."""
+    from rarec_lite.sasrec import full_softmax_ce
+
+    h = torch.tensor([[1.0]])
+    items = torch.tensor([[200.0], [0.0], [100.0]])  # logits 200, 0, 100; the target is item 1
+    got = full_softmax_ce(h, items, torch.tensor([1]))
+    assert math.isfinite(got.item()) and got.item() == pytest.approx(200.0, rel=1e-6)
+    assert got.item() == pytest.approx(F.cross_entropy(h @ items.T, torch.tensor([1])).item(), rel=1e-6)
+
+
 def test_full_softmax_ce_label_smoothing_matches_torch_and_a_hand_computed_value():
     from rarec_lite.sasrec import full_softmax_ce
 
@@ -415,6 +427,16 @@ def test_train_sasrec_help_shows_every_config_default(capsys):
     for f in dataclasses.fields(SASRecConfig):
         assert f"--{f.name.replace('_', '-')}" in text
         assert f"(default: {f.default})" in text, f.name
+
+
+def test_train_sasrec_refuses_a_bad_temperature_before_reading_any_data(capsys):
+    """The config is checked first: with a dataset that does not exist, the error is the temperature's."""
+    from rarec_lite import cli
+
+    code = cli.main(["train-sasrec", "--dataset", "no-such-category", "--temperature", "inf"])
+    err = capsys.readouterr().err
+    assert code != 0 and "temperature must be a finite number > 0; got inf" in err
+    assert "no-such-category" not in err
 
 
 def test_length_sorted_encoding_matches_one_padded_batch():
@@ -624,5 +646,15 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
     assert dot.name.startswith(f"sasrec-data-{data_signature(ds)}")
     with pytest.raises(ValueError, match="similarity"):
         SASRec(num_items=9, similarity="cos")
+    from rarec_lite.sasrec import check_config
+
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        for sim in ("cosine", "dot"):  # "dot" ignores the temperature but still refuses a meaningless one
+            with pytest.raises(ValueError, match="temperature"):
+                check_config(dict(similarity=sim, temperature=bad))
+        with pytest.raises(ValueError, match="temperature"):
+            SASRec(num_items=9, similarity="cosine", temperature=bad)
     with pytest.raises(ValueError, match="temperature"):
         train_sasrec(ds, tmp_path / "bad", progress=False, **dict(TINY, similarity="cosine", temperature=0.0))
+    with pytest.raises(ValueError, match="similarity"):
+        check_config(dict(similarity="cos"))
