@@ -174,7 +174,7 @@ class SASRec(nn.Module):
     which :func:`train_sasrec` uses.
 
     Raises:
-        ValueError: sizes below 1, unknown ``similarity`` or ``temperature <= 0``.
+        ValueError: sizes below 1, unknown ``similarity``, or a ``temperature`` that is not a finite number > 0.
     """
 
     def __init__(self, num_items: int, hidden: int = 64, max_len: int = 50, num_layers: int = 2,
@@ -183,8 +183,8 @@ class SASRec(nn.Module):
         if num_items < 1 or hidden < 1 or max_len < 1:
             raise ValueError(f"num_items, hidden and max_len must be >= 1 (got {num_items}, {hidden}, {max_len})")
         if similarity not in SIMILARITIES or not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature > 0; got {similarity!r}, "
-                             f"{temperature}")
+            raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature a finite number > 0; got "
+                             f"{similarity!r}, {temperature}")
         self.config = dict(num_items=num_items, hidden=hidden, max_len=max_len, num_layers=num_layers,
                            num_heads=num_heads, dropout=dropout, similarity=similarity, temperature=temperature)
         self.similarity, self.temperature = similarity, float(temperature)
@@ -414,13 +414,12 @@ def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, lo
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
     states = model(inputs)  # (B, L, d)
+    extra = 0.0
     if contrastive:
         # (B, d): the same sequences under another dropout mask, or sequences with the same next item
         second = model(inputs if partner_inputs is None else partner_inputs)[:, -1]
         extra = contrastive * info_nce(states[:, -1], second, contrastive_temperature)
-        return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t,
-                               label_smoothing) + extra
-    return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t, label_smoothing)
+    return _next_item_loss(model, states, targets, loss, generator, num_negatives, gbce_t, label_smoothing) + extra
 
 
 def _next_item_loss(model: SASRec, states: torch.Tensor, targets: torch.Tensor, loss: str,
