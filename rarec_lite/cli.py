@@ -75,8 +75,8 @@ SASREC_HELP = {
     "contrastive_positive": "the contrastive positive: 'dropout' (a second dropout pass of the same sequence) or "
                             "'same_target' (another training sequence with the same last target)",
     "similarity": "'dot' (state . item embedding) or 'cosine' (both L2-normalised, divided by --temperature)",
-    "temperature": "temperature tau of --similarity cosine (scores are cos / tau; a finite number > 0, "
-                   "ignored by --similarity dot)",
+    "temperature": "temperature tau of --similarity cosine (scores are cos / tau); unused by --similarity dot, "
+                   "but always checked to be a finite number > 0",
     "eval_batch_size": "users per full-ranking evaluation batch",
 }
 
