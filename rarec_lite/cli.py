@@ -65,8 +65,10 @@ SASREC_HELP = {
     "epochs": "the most epochs (early stopping usually ends sooner)",
     "patience": "stop after this many epochs without a better validation NDCG@10; the best epoch is kept",
     "seed": "shuffling, dropout and negatives",
-    "loss": "'ce' full-catalogue softmax, 'gbce' gSASRec's calibrated BCE with --num-negatives, 'bce', 'bpr'",
+    "loss": "'ce' full-catalogue softmax, 'sampled' sampled softmax over --sampled-negatives shared items "
+            "(logQ-corrected), 'gbce' gSASRec's calibrated BCE with --num-negatives, 'bce', 'bpr'",
     "num_negatives": "negatives per position for --loss gbce",
+    "sampled_negatives": "negatives shared by each batch for --loss sampled (uniform draw, logQ correction)",
     "gbce_t": "gBCE calibration t in [0, 1] (0 = plain BCE)",
     "label_smoothing": "label smoothing eps of --loss ce (1 - eps on the target, eps / I on every item)",
     "contrastive": "weight lambda of DuoRec's contrastive term (InfoNCE between two views of each sequence's last "
