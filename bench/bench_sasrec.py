@@ -10,7 +10,9 @@ Everything is printed as seconds and ratios measured in this run (never asserted
 1. **time per epoch** (training steps only): the same ``--steps`` length-bucketed batches of the
    real training data, one optimizer step each, for the plain full-CE reference
    (``F.cross_entropy(h @ E.T, y)``), the package's full CE (:func:`rarec_lite.sasrec.full_softmax_ce`,
-   same values and gradients), gBCE with ``k`` negatives, and the paper's one-negative BCE;
+   same values and gradients), sampled softmax over ``k`` shared negatives
+   (:func:`rarec_lite.sasrec.sampled_softmax_ce`), gBCE with ``k`` negatives per position, and the
+   paper's one-negative BCE;
    extrapolated to one epoch and divided by the reference.
 2. **to the validation plateau**: for each ``--losses`` option, :func:`rarec_lite.sasrec.train_sasrec`
    with the :class:`~rarec_lite.sasrec.SASRecConfig` defaults except the loss (``--set key=value``
@@ -67,6 +69,8 @@ def time_steps(ds, cfg: SASRecConfig, steps: int) -> None:
     options = [
         ("ce-plain (reference)", lambda m, x, y, g: plain_ce(m, x, y)),
         ("ce", lambda m, x, y, g: sequence_loss(m, x, y, "ce")),
+        (f"sampled k={cfg.sampled_negatives}",
+         lambda m, x, y, g: sequence_loss(m, x, y, "sampled", g, sampled_negatives=cfg.sampled_negatives)),
         (f"gbce k={cfg.num_negatives}", lambda m, x, y, g: sequence_loss(m, x, y, "gbce", g, cfg.num_negatives, cfg.gbce_t)),
         ("bce (1 negative)", lambda m, x, y, g: sequence_loss(m, x, y, "bce", g)),
     ]
@@ -75,7 +79,8 @@ def time_steps(ds, cfg: SASRecConfig, steps: int) -> None:
     ref = None
     for name, fn in options:
         torch.manual_seed(0)
-        model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout).train()
+        model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout,
+                       cfg.similarity, cfg.temperature).train()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(1)
 
@@ -120,7 +125,8 @@ def to_plateau(ds, losses: list[str], overrides: dict, epochs: int, patience: in
 def eval_speed(ds, cfg: SASRecConfig, users: int) -> None:
     print(f"\n-- 3. full-ranking evaluation, {users} validation users --")
     split = ds.split()
-    model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout).eval()
+    model = SASRec(ds.num_items, cfg.hidden, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout,
+                   cfg.similarity, cfg.temperature).eval()
     n = min(users, ds.num_users)
     hist, target = split.valid_history[:n], np.asarray(split.valid_target[:n])
     with torch.no_grad():
@@ -152,7 +158,7 @@ def main() -> None:
     ap.add_argument("--max-users", type=int, default=None, help="a fixed random slice of the users (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="batches timed per loss in part 1")
-    ap.add_argument("--losses", default="ce,gbce", help="comma-separated loss options trained in part 2")
+    ap.add_argument("--losses", default="ce,sampled", help="comma-separated loss options trained in part 2")
     ap.add_argument("--epochs", type=int, default=SASRecConfig.epochs)
     ap.add_argument("--patience", type=int, default=SASRecConfig.patience)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

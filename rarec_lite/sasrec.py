@@ -604,6 +604,10 @@ class SASRecConfig:
             sequence with the same last target, :func:`same_target_partners`; DuoRec's supervised one).
         similarity, temperature: ``"dot"`` (the paper's score) or ``"cosine"`` (``cos / temperature``:
             states and output item embeddings L2-normalised; :class:`SASRec`).
+        ema_decay: ``0`` (off) or the decay ``beta`` of an exponential moving average of the weights,
+            updated after every optimizer step (``w_ema <- beta w_ema + (1 - beta) w``;
+            ``torch.optim.swa_utils.AveragedModel``, Polyak & Juditsky 1992): validation, early
+            stopping and the export then use the averaged weights.
         eval_batch_size: users per full-ranking evaluation batch (does not change results).
     """
 
@@ -630,6 +634,7 @@ class SASRecConfig:
     contrastive_positive: str = "dropout"
     similarity: str = "cosine"
     temperature: float = 0.1
+    ema_decay: float = 0.0
     eval_batch_size: int = 1024
 
 
@@ -774,6 +779,8 @@ def check_config(cfg: dict) -> SASRecConfig:
     if config.contrastive < 0 or not config.contrastive_temperature > 0:
         raise ValueError(f"contrastive must be >= 0 and contrastive_temperature > 0; got {config.contrastive} "
                          f"and {config.contrastive_temperature}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0 = off); got {config.ema_decay}")
     if config.contrastive_positive not in CONTRASTIVE_POSITIVES:
         raise ValueError(f"unknown contrastive_positive {config.contrastive_positive!r}: use one of "
                          f"{CONTRASTIVE_POSITIVES}")
@@ -840,6 +847,11 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     model = SASRec(num_items, config.hidden, config.max_len, config.num_layers, config.num_heads, config.dropout,
                    config.similarity, config.temperature).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = None
+    if config.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     inputs, targets = training_pairs(split.train, config.max_len)
     state = dict(epoch=0, best_epoch=0, best_ndcg10=-1.0, bad_epochs=0, history=[], train_seconds=0.0)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -856,6 +868,9 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
         model.load_state_dict(_sub(tensors, "model."))
         best_state = _sub(tensors, "best.")
         _load_optimizer(opt, tensors, meta["optim_scalars"], meta["optim_param_groups"])
+        if ema is not None:
+            ema.module.load_state_dict(_sub(tensors, "ema."))
+            ema.n_averaged.fill_(int(meta["ema_n_averaged"]))
         state.update({k: meta[k] for k in state})
         if progress and main:
             print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
@@ -909,15 +924,18 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, (epoch - 1) * steps + step + 1, steps)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += distributed.all_reduce_mean(loss_value, weight)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         bar.close()
-        valid = valid_eval(model)
+        judged = model if ema is None else ema.module  # the weights validated, kept and exported
+        valid = valid_eval(judged)
         ndcg = valid.metrics["NDCG@10"]
         improved = ndcg > state["best_ndcg10"]
         if improved:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
             state.update(best_epoch=epoch, best_ndcg10=ndcg, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
@@ -930,7 +948,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
             print(f"epoch {epoch:3d}  loss {total / steps:.4f}  valid NDCG@10 {ndcg:.4f}  HR@10 "
                   f"{valid.metrics['HR@10']:.4f}  {seconds:.1f}s" + ("  *best*" if improved else ""))
         if main:  # every rank holds the same state: one writes it
-            _write_checkpoint(ckpt_path, model, best_state, opt, state, conf)
+            _write_checkpoint(ckpt_path, model, best_state, opt, state, conf, ema)
         distributed.barrier()
 
     # ---- export the best model
@@ -978,13 +996,16 @@ def _run_metrics(state: dict, valid: EvalResult, test: EvalResult, conf: dict, n
     }
 
 
-def _write_checkpoint(path: Path, model: SASRec, best_state: dict, opt, state: dict, conf: dict) -> None:
+def _write_checkpoint(path: Path, model: SASRec, best_state: dict, opt, state: dict, conf: dict, ema=None) -> None:
     optim_tensors, optim_scalars = _optimizer_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
     tensors.update(optim_tensors)
     meta = dict(state, config=conf, optim_scalars=optim_scalars,
                 optim_param_groups=opt.state_dict()["param_groups"])
+    if ema is not None:  # the moving average and its update count, for an exact resume
+        tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
+        meta["ema_n_averaged"] = int(ema.n_averaged)
     save_checkpoint(path, tensors, meta)
 
 
@@ -1037,7 +1058,7 @@ UNKEYED_FIELDS = ("epochs", "patience", "eval_batch_size")
 #: at that value (so those runs keep their directory), and read as that value from an older
 #: ``metrics.json`` that lacks them.
 ADDED_FIELDS = {"contrastive": 0.0, "contrastive_temperature": 1.0, "contrastive_positive": "dropout",
-                "similarity": "dot", "temperature": 1.0, "sampled_negatives": 2048}
+                "similarity": "dot", "temperature": 1.0, "sampled_negatives": 2048, "ema_decay": 0.0}
 
 
 def sasrec_run_dir(dataset, root=None, **cfg) -> Path:

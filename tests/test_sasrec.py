@@ -641,7 +641,8 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
 
     old_keyed = {k: v for k, v in asdict(SASRecConfig(**TINY)).items()
                  if k not in ("epochs", "patience", "eval_batch_size", "contrastive", "contrastive_temperature",
-                              "contrastive_positive", "similarity", "temperature", "sampled_negatives")}
+                              "contrastive_positive", "similarity", "temperature", "sampled_negatives",
+                              "ema_decay")}
     assert dot.name.endswith(hashlib.sha1(json.dumps(old_keyed, sort_keys=True).encode()).hexdigest()[:10])
     assert dot.name.startswith(f"sasrec-data-{data_signature(ds)}")
     with pytest.raises(ValueError, match="similarity"):
@@ -707,3 +708,39 @@ def test_sampled_negatives_keys_only_the_sampled_loss(tmp_path):
     assert sampled != ce != sasrec_run_dir(ds, tmp_path, **dict(TINY, loss="sampled", sampled_negatives=99)) != sampled
     with pytest.raises(ValueError, match="sampled_negatives"):
         check_config(dict(loss="sampled", sampled_negatives=0))
+
+
+def test_ema_weights_are_the_moving_average_validated_kept_and_resumed_exactly(tmp_path):
+    """``ema_decay = b``: the first step's weights, then ``w_ema <- b w_ema + (1 - b) w`` after every
+    step (checked by hand over two steps), the exported model is the average, and a resumed run
+    ends in exactly the state of an uninterrupted one."""
+    from rarec_lite.files import load_checkpoint as read
+
+    ds = ToyDataset(num_users=64, num_items=30)
+    cfg = dict(TINY, ema_decay=0.9)
+
+    def weights(path, prefix):
+        tensors, _ = read(path / "checkpoint.safetensors")
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    train_sasrec(ds, tmp_path / "one", progress=False, epochs=1, patience=1, max_steps_per_epoch=1, **cfg)
+    train_sasrec(ds, tmp_path / "two", progress=False, epochs=1, patience=1, max_steps_per_epoch=2, **cfg)
+    w1, w2 = weights(tmp_path / "one", "model."), weights(tmp_path / "two", "model.")
+    assert all(torch.equal(w1[k], v) for k, v in weights(tmp_path / "one", "ema.").items())  # starts at step 1
+    ema2 = weights(tmp_path / "two", "ema.")
+    moved = [k for k in ema2 if not torch.equal(w1[k], w2[k])]
+    assert moved
+    for k in ema2:
+        assert torch.allclose(ema2[k], 0.9 * w1[k] + 0.1 * w2[k], atol=1e-6), k
+    # validated and exported: the averaged weights (the only epoch is the best one)
+    exported = load_sasrec(tmp_path / "two").state_dict()
+    assert all(torch.equal(exported[k], ema2[k]) for k in ema2)
+    # exact resume: 2 epochs at once == 1 epoch, then resumed to 2
+    a = train_sasrec(ds, tmp_path / "a", progress=False, epochs=2, patience=2, **cfg)
+    train_sasrec(ds, tmp_path / "b", progress=False, epochs=1, patience=2, **cfg)
+    b = train_sasrec(ds, tmp_path / "b", progress=False, epochs=2, patience=2, **cfg)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert weights(tmp_path / "a", "ema.").keys() == weights(tmp_path / "b", "ema.").keys()
+    assert all(torch.equal(v, weights(tmp_path / "b", "ema.")[k]) for k, v in weights(tmp_path / "a", "ema.").items())
+    assert a.metrics["config"]["ema_decay"] == 0.9
