@@ -283,9 +283,11 @@ def test_learning_rate_schedule_by_hand():
     assert [learning_rate(c, s, 100) for s in (0, 100, 200)] == pytest.approx([1e-3, 5e-4, 0.0])
 
 
-def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.995])
+def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch, ema_decay):
     """Validation NDCG@10 scripted as 0.10, 0.30, 0.20, 0.25 with patience 2: training stops after
-    epoch 4 and the exported model is epoch 2's (the weights an uninterrupted 2-epoch run ends with)."""
+    epoch 4 and the exported model is epoch 2's (the weights an uninterrupted 2-epoch run ends with:
+    the raw weights, or their moving average when ``ema_decay > 0``, the weights that were validated)."""
     from rarec_lite import sasrec as mod
     from rarec_lite.metrics import EvalResult
 
@@ -300,17 +302,19 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
 
     ds = ToyDataset(num_users=80, seed=5)
     monkeypatch.setattr(mod, "evaluate", scripted_evaluate)
-    run = train_sasrec(ds, tmp_path / "es", progress=False, epochs=10, patience=2, **TINY)
+    cfg = dict(TINY, ema_decay=ema_decay)
+    run = train_sasrec(ds, tmp_path / "es", progress=False, epochs=10, patience=2, **cfg)
     monkeypatch.undo()
     assert [h["valid_ndcg10"] for h in run.metrics["history"]] == [0.10, 0.30, 0.20, 0.25]
     assert (run.metrics["epochs"], run.metrics["best_epoch"]) == (4, 2)
-    two, _ = load_checkpoint(train_sasrec(ds, tmp_path / "two", progress=False, epochs=2, **TINY).out_dir
+    two, _ = load_checkpoint(train_sasrec(ds, tmp_path / "two", progress=False, epochs=2, **cfg).out_dir
                              / "checkpoint.safetensors")
     four, _ = load_checkpoint(tmp_path / "es" / "checkpoint.safetensors")
+    judged = "ema." if ema_decay else "model."
     exported = run.model.state_dict()
     for name, value in exported.items():
-        assert torch.equal(value, two[f"model.{name}"]), name  # epoch 2's weights ...
-    assert not all(torch.equal(exported[n], four[f"model.{n}"]) for n in exported)  # ... not epoch 4's
+        assert torch.equal(value, two[f"{judged}{name}"]), name  # epoch 2's weights ...
+    assert not all(torch.equal(exported[n], four[f"{judged}{n}"]) for n in exported)  # ... not epoch 4's
     reloaded = load_sasrec(tmp_path / "es")
     assert all(torch.equal(p, exported[n]) for n, p in reloaded.state_dict().items())
 
@@ -631,15 +635,16 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
     assert default != sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="cosine", temperature=0.2))
     # a dot-product run ignores the temperature: its key is the one dot runs had before the option
     # existed (the fields left out at their old values), whatever --temperature says
-    dot = sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot"))
-    assert dot != default and dot == sasrec_run_dir(ds, tmp_path, **dict(TINY, similarity="dot", temperature=0.5))
+    old = dict(TINY, loss="ce", ema_decay=0.0)  # the defaults of the runs cached before these options
+    dot = sasrec_run_dir(ds, tmp_path, **dict(old, similarity="dot"))
+    assert dot != default and dot == sasrec_run_dir(ds, tmp_path, **dict(old, similarity="dot", temperature=0.5))
     import hashlib
     import json
     from dataclasses import asdict
 
     from rarec_lite.sasrec import SASRecConfig, data_signature
 
-    old_keyed = {k: v for k, v in asdict(SASRecConfig(**TINY)).items()
+    old_keyed = {k: v for k, v in asdict(SASRecConfig(**dict(TINY, loss="ce"))).items()
                  if k not in ("epochs", "patience", "eval_batch_size", "contrastive", "contrastive_temperature",
                               "contrastive_positive", "similarity", "temperature", "sampled_negatives",
                               "ema_decay")}
@@ -711,8 +716,8 @@ def test_sampled_negatives_keys_only_the_sampled_loss(tmp_path):
 
 
 def test_ema_weights_are_the_moving_average_validated_kept_and_resumed_exactly(tmp_path):
-    """``ema_decay = b``: the first step's weights, then ``w_ema <- b w_ema + (1 - b) w`` after every
-    step (checked by hand over two steps), the exported model is the average, and a resumed run
+    """``ema_decay = b``: the first step's weights, then ``w_ema <- b_n w_ema + (1 - b_n) w`` after every
+    step, ``b_n = min(b, (1 + n) / (10 + n))`` (checked by hand over two steps), the exported model is the average, and a resumed run
     ends in exactly the state of an uninterrupted one."""
     from rarec_lite.files import load_checkpoint as read
 
@@ -730,8 +735,9 @@ def test_ema_weights_are_the_moving_average_validated_kept_and_resumed_exactly(t
     ema2 = weights(tmp_path / "two", "ema.")
     moved = [k for k in ema2 if not torch.equal(w1[k], w2[k])]
     assert moved
+    beta = 2 / 11  # the warm-up: min(0.9, (1 + 1) / (10 + 1)) at the second update
     for k in ema2:
-        assert torch.allclose(ema2[k], 0.9 * w1[k] + 0.1 * w2[k], atol=1e-6), k
+        assert torch.allclose(ema2[k], beta * w1[k] + (1 - beta) * w2[k], atol=1e-6), k
     # validated and exported: the averaged weights (the only epoch is the best one)
     exported = load_sasrec(tmp_path / "two").state_dict()
     assert all(torch.equal(exported[k], ema2[k]) for k in ema2)
@@ -744,3 +750,16 @@ def test_ema_weights_are_the_moving_average_validated_kept_and_resumed_exactly(t
     assert weights(tmp_path / "a", "ema.").keys() == weights(tmp_path / "b", "ema.").keys()
     assert all(torch.equal(v, weights(tmp_path / "b", "ema.")[k]) for k, v in weights(tmp_path / "a", "ema.").items())
     assert a.metrics["config"]["ema_decay"] == 0.9
+
+
+def test_ema_decay_warm_up_by_hand():
+    """``min(decay, (1 + n) / (10 + n))``: short runs average over their last few steps only."""
+    from rarec_lite.sasrec import ema_decay_at, ema_update
+
+    assert ema_decay_at(0.995, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.995, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.995, 15) == pytest.approx(16 / 25)
+    assert ema_decay_at(0.995, torch.tensor(1790)) == pytest.approx(1791 / 1800)
+    assert ema_decay_at(0.995, 1791) == 0.995 and ema_decay_at(0.995, 10**6) == 0.995
+    avg, cur = torch.tensor([1.0, 3.0]), torch.tensor([2.0, -1.0])
+    assert torch.allclose(ema_update(avg, cur, 1, 0.995), avg * 2 / 11 + cur * 9 / 11)
