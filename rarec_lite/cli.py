@@ -78,7 +78,7 @@ SASREC_HELP = {
                             "'same_target' (another training sequence with the same last target)",
     "similarity": "'dot' (state . item embedding) or 'cosine' (both L2-normalised, divided by --temperature)",
     "temperature": "temperature tau of --similarity cosine (scores are cos / tau); unused by --similarity dot, "
-                   "but always checked to be a finite number > 0",
+                   "but always checked to be a finite number >= 1e-6",
     "ema_decay": "0 = off, else the decay of an exponential moving average of the weights (updated every step), "
                  "which is validated, early-stopped and exported",
     "eval_batch_size": "users per full-ranking evaluation batch",

@@ -75,6 +75,9 @@ from .metrics import DEFAULT_KS, EvalResult, evaluate
 
 LOSSES = ("ce", "sampled", "gbce", "bpr", "bce")
 SIMILARITIES = ("dot", "cosine")
+#: the smallest temperature accepted: cosine scores are at most ``1 / temperature`` in absolute value, and
+#: 1e6 keeps them (and their float32 differences) finite; 1e-45 would overflow float32 to ``inf``.
+MIN_TEMPERATURE = 1e-6
 
 
 # ----------------------------------------------------------------------------- input
@@ -181,7 +184,8 @@ class SASRec(nn.Module):
     which :func:`train_sasrec` uses.
 
     Raises:
-        ValueError: sizes below 1, unknown ``similarity``, or a ``temperature`` that is not a finite number > 0.
+        ValueError: sizes below 1, unknown ``similarity``, or a ``temperature`` that is not a finite number
+            ``>= MIN_TEMPERATURE`` (1e-6).
     """
 
     def __init__(self, num_items: int, hidden: int = 64, max_len: int = 50, num_layers: int = 2,
@@ -189,9 +193,9 @@ class SASRec(nn.Module):
         super().__init__()
         if num_items < 1 or hidden < 1 or max_len < 1:
             raise ValueError(f"num_items, hidden and max_len must be >= 1 (got {num_items}, {hidden}, {max_len})")
-        if similarity not in SIMILARITIES or not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature a finite number > 0; got "
-                             f"{similarity!r}, {temperature}")
+        if similarity not in SIMILARITIES or not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"similarity must be one of {SIMILARITIES} and temperature a finite number >= "
+                             f"{MIN_TEMPERATURE:g}; got {similarity!r}, {temperature}")
         self.config = dict(num_items=num_items, hidden=hidden, max_len=max_len, num_layers=num_layers,
                            num_heads=num_heads, dropout=dropout, similarity=similarity, temperature=temperature)
         self.similarity, self.temperature = similarity, float(temperature)
@@ -769,8 +773,8 @@ def check_config(cfg: dict) -> SASRecConfig:
     config = SASRecConfig(**cfg)
     if config.similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {config.similarity!r}: use one of {SIMILARITIES}")
-    if not (math.isfinite(config.temperature) and config.temperature > 0):  # checked even where "dot" ignores it
-        raise ValueError(f"temperature must be a finite number > 0; got {config.temperature}")
+    if not (math.isfinite(config.temperature) and config.temperature >= MIN_TEMPERATURE):  # also with "dot"
+        raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE:g}; got {config.temperature}")
     config = _canonical(config)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}: use one of {LOSSES}")

@@ -439,7 +439,7 @@ def test_train_sasrec_refuses_a_bad_temperature_before_reading_any_data(capsys):
 
     code = cli.main(["train-sasrec", "--dataset", "no-such-category", "--temperature", "inf"])
     err = capsys.readouterr().err
-    assert code != 0 and "temperature must be a finite number > 0; got inf" in err
+    assert code != 0 and "temperature must be a finite number >= 1e-06; got inf" in err
     assert "no-such-category" not in err
 
 
@@ -654,7 +654,7 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
         SASRec(num_items=9, similarity="cos")
     from rarec_lite.sasrec import check_config
 
-    for bad in (0.0, -1.0, float("inf"), float("nan")):
+    for bad in (0.0, -1.0, float("inf"), float("nan"), 1e-45, 9e-7):  # 1e-45: 1 / tau overflows float32
         for sim in ("cosine", "dot"):  # "dot" ignores the temperature but still refuses a meaningless one
             with pytest.raises(ValueError, match="temperature"):
                 check_config(dict(similarity=sim, temperature=bad))
@@ -664,6 +664,7 @@ def test_cosine_similarity_scores_are_cosines_over_the_temperature_and_train_end
         train_sasrec(ds, tmp_path / "bad", progress=False, **dict(TINY, similarity="cosine", temperature=0.0))
     with pytest.raises(ValueError, match="similarity"):
         check_config(dict(similarity="cos"))
+    assert check_config(dict(temperature=1e-6)).temperature == 1e-6  # the bound itself is allowed
 
 
 def test_sampled_softmax_matches_a_hand_computed_value():
