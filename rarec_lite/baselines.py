@@ -26,6 +26,50 @@ import numpy as np
 import torch
 
 
+def late_fusion(scores: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
+                eps: float = 1e-12) -> torch.Tensor:
+    """Late (score-level) fusion: ``sum_k w_k * (S_k - mean_row(S_k)) / std_row(S_k)``.
+
+    Args:
+        scores: K score matrices, each ``(B, I)`` (users x catalogue items, higher = more relevant),
+            e.g. SASRec's and zero-shot ID Translation's scores of the same users.
+        weights: K non-negative weights (default: 1 each, i.e. equal weight after normalisation;
+            nothing is tuned).
+        eps: a row whose standard deviation is below ``eps`` (a constant scorer) contributes 0.
+
+    Returns:
+        ``(B, I)`` float32 fused scores. Each row is normalised on its own (mean 0 and standard
+        deviation 1 over all ``I`` items, population std), so scorers on different scales (a
+        cosine / temperature and an LLM dot product) count equally; per row a positive affine map
+        of one scorer does not change the fused ranking.
+
+    Raises:
+        ValueError: no matrices, matrices of different shapes or not 2-D, a wrong number of weights,
+            or a negative weight.
+
+    Source: CombSUM (Fox & Shaw 1994, "Combination of multiple searches") with z-score
+    normalisation (Montague & Aslam 2001, "Relevance score normalization for metasearch").
+    """
+    if len(scores) == 0:
+        raise ValueError("late_fusion: no score matrices")
+    shape = tuple(scores[0].shape)
+    for k, s in enumerate(scores):
+        if s.dim() != 2 or tuple(s.shape) != shape:
+            raise ValueError(f"late_fusion: score matrix {k} has shape {tuple(s.shape)}; expected 2-D {shape}")
+    weights = [1.0] * len(scores) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(scores):
+        raise ValueError(f"late_fusion: {len(weights)} weights for {len(scores)} score matrices")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"late_fusion: weights must be >= 0; got {weights}")
+    out = torch.zeros(shape, dtype=torch.float32)
+    for w, s in zip(weights, scores):
+        s = s.detach().float().cpu()
+        std = s.std(dim=1, keepdim=True, unbiased=False)
+        z = (s - s.mean(dim=1, keepdim=True)) / std.clamp_min(eps)
+        out += w * torch.where(std < eps, torch.zeros_like(z), z)
+    return out
+
+
 def item_popularity(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
     """``(I,)`` int64 number of occurrences of each item in ``sequences``.
 

@@ -284,6 +284,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("id_direct_prefix", "ID Direct + prefix tuning (no IDs)", "trained", "id_direct"),
     Method("id_translation", "ID Translation, zero-shot", "zero-shot", "translation"),
     Method("id_translation_prefix", "ID Translation + prefix tuning (no IDs)", "trained", "translation"),
+    Method("late_fusion", "Late fusion: SASRec + ID Translation scores (z-scored, equal weights)", "zero-shot",
+           "translation"),
     Method("rarec", "RA-Rec", "trained", "hybrid", use_id=True),
     Method("rarec_no_instruction", "RA-Rec w/o contextual instruction", "trained", "hybrid", use_id=True,
            use_instruction=False),
@@ -588,14 +590,34 @@ class Experiment:
             return {"ranks": ranks, "tied": tied, "prompt_tokens": 0, "trainable_params": 0, "train_samples": 0,
                     "train_seconds": 0.0, "eval_seconds": time.time() - t0}
         if method.name == "sasrec":
-            users = self.user_id_embeddings(self.eval_histories)
-            ranks, tied = self.rank(users @ self.sasrec.item_embeddings().detach().float().T)
+            ranks, tied = self.rank(self.sasrec_scores())
             n_params = sum(p.numel() for p in self.sasrec.parameters())
             return {"ranks": ranks, "tied": tied, "prompt_tokens": 0, "trainable_params": n_params,
                     "train_samples": sum(max(len(s) - 1, 0) for s in self.split.train),
                     "train_seconds": float(self.sasrec_metrics.get("train_seconds", 0.0)),
                     "eval_seconds": time.time() - t0}
+        if method.name == "late_fusion":
+            return self.run_late_fusion(method, t0)
         return self.run_llm_method(method, t0)
+
+    def sasrec_scores(self) -> torch.Tensor:
+        """SASRec's scores of the evaluation users over the catalogue: ``(U, I)``."""
+        users = self.user_id_embeddings(self.eval_histories)
+        return users @ self.sasrec.item_embeddings().detach().float().T
+
+    def run_late_fusion(self, method: Method, t0: float) -> dict:
+        """SASRec's and zero-shot ID Translation's scores, each z-scored per user and summed
+        (:func:`rarec_lite.baselines.late_fusion`): ID and text combined without any training, the
+        reference that shows what RA-Rec's alignment adds over its two parts."""
+        from rarec_lite.baselines import late_fusion
+
+        text = METHODS["id_translation"]
+        eval_prompts = self.eval_prompts(text)
+        text_scores = self.tower_scores(self.build_tower(text), text)
+        ranks, tied = self.rank(late_fusion([self.sasrec_scores(), text_scores]))
+        return {"ranks": ranks, "tied": tied, "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
+                "prompt_tokens_needed": float(np.mean([p.tokens_needed for p in eval_prompts])),
+                "trainable_params": 0, "train_samples": 0, "train_seconds": 0.0, "eval_seconds": time.time() - t0}
 
     def run_llm_method(self, method: Method, t0: float) -> dict:
         """An LLM method end to end: build its towers, train them when it is a trained method
@@ -733,7 +755,12 @@ class Experiment:
         return result
 
     def evaluate_tower(self, tower, method: Method):
-        """Rank the whole catalogue for the evaluation users with ``tower``: ``(greater, tied)``.
+        """Rank the whole catalogue for the evaluation users with ``tower``: ``(greater, tied)``
+        (the scores of :meth:`tower_scores`)."""
+        return self.rank(self.tower_scores(tower, method))
+
+    def tower_scores(self, tower, method: Method) -> torch.Tensor:
+        """The evaluation users' scores over the whole catalogue with ``tower``: ``(U, I)``.
 
         The item tower encodes every item (the cached text-only states for zero-shot text
         methods); a trained tower first gets its own statistics (the whole catalogue, and
@@ -755,7 +782,7 @@ class Experiment:
         user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
         users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", user_emb,
                                      int(llm["batch_size"]), budget, progress=self.progress)
-        return self.rank(tower.score(users, items))
+        return tower.score(users, items)
 
     def step0(self, tower, method: "Method") -> dict:
         """Metrics of the untrained aligned towers (closed gate): what training starts from.

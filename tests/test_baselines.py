@@ -1,4 +1,4 @@
-"""MostPop and ItemTextKNN against hand counts and an independent dense TF-IDF."""
+"""MostPop, ItemTextKNN and late fusion against hand counts, hand-computed values and an independent dense TF-IDF."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rarec_lite.baselines import ItemTextKNN, MostPop, item_popularity, tokenize
+from rarec_lite.baselines import ItemTextKNN, MostPop, item_popularity, late_fusion, tokenize
 from rarec_lite.metrics import evaluate
 
 
@@ -84,3 +84,33 @@ def test_item_text_knn_matches_dense_reference():
     pop = item_popularity(train, 6)
     assert scores[1].numpy() == pytest.approx(1e-6 * pop / pop.max(), abs=1e-9)
     assert torch.argmax(scores[1]).item() == int(np.argmax(pop))
+
+
+def test_late_fusion_hand_computed():
+    # user 0: scorer A [1, 2, 3] -> z = [-1.2247, 0, 1.2247] (population std sqrt(2/3));
+    #         scorer B [10, 10, 40] -> mean 20, std sqrt(200) -> z = [-0.7071, -0.7071, 1.4142]
+    a = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    b = torch.tensor([[10.0, 10.0, 40.0], [0.0, 3.0, 0.0]])
+    got = late_fusion([a, b])
+    za = math.sqrt(1.5)
+    row0 = [-za - 1 / math.sqrt(2), -1 / math.sqrt(2), za + math.sqrt(2)]
+    # user 1: A is constant (contributes 0); B [0, 3, 0] -> mean 1, std sqrt(2) -> [-0.7071, 1.4142, -0.7071]
+    row1 = [-1 / math.sqrt(2), math.sqrt(2), -1 / math.sqrt(2)]
+    assert torch.allclose(got, torch.tensor([row0, row1]), atol=1e-5)
+    # weights scale each scorer's z-scores
+    assert torch.allclose(late_fusion([a, b], [2.0, 0.0])[0], torch.tensor([-2 * za, 0.0, 2 * za]), atol=1e-5)
+
+
+def test_late_fusion_is_invariant_to_each_scorers_scale_and_checks_input():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 50, generator=g), torch.randn(4, 50, generator=g)
+    scale = torch.tensor([[3.0], [0.5], [10.0], [1.0]])
+    assert torch.allclose(late_fusion([a, b]), late_fusion([a * scale + 7.0, b]), atol=1e-4)
+    with pytest.raises(ValueError, match="no score matrices"):
+        late_fusion([])
+    with pytest.raises(ValueError, match="score matrix 1 has shape"):
+        late_fusion([a, b[:, :10]])
+    with pytest.raises(ValueError, match="2 weights for 1"):
+        late_fusion([a], [1.0, 1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        late_fusion([a, b], [1.0, -1.0])

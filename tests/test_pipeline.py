@@ -211,6 +211,15 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     assert "mostpop: reusing" in log and "id_translation: reusing" in log and "id_direct: reusing" not in log
     assert list(result["methods"]) == ["mostpop", "id_translation", "id_direct"]
     assert "Data: toy (the synthetic toy dataset" in (out / "report.md").read_text()
+
+    # late fusion = z-scored SASRec scores + z-scored text scores, recomputed here in float64 numpy
+    run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["late_fusion"])
+    run.load_sasrec()
+    zrow = lambda x: (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)  # noqa: E731
+    fused = zrow(run.sasrec_scores().double().numpy()) + zrow(z)
+    expected = full_ranking_ranks(torch.from_numpy(fused), run.eval_targets, run.eval_histories)
+    npz = np.load(out / "ranks.npz")
+    assert np.mean(npz["late_fusion"] + npz["late_fusion_tied"] == expected) >= 0.95
     with pytest.raises(ValueError, match="gpt5"):
         run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["gpt5"])
     with pytest.raises(ValueError, match="no method"):
