@@ -32,15 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from rarec_lite.alignment import TwoTower
-from rarec_lite.baselines import ItemTextKNN
+from rarec_lite.baselines import ItemTextKNN, late_fusion
 from rarec_lite.losses import bpr_loss
 from rarec_lite.metrics import full_ranking_rank_ties, metrics_from_ranks
 from rarec_lite.pipeline import Experiment, load_config
-
-
-def per_user_z(scores: torch.Tensor) -> torch.Tensor:
-    """(U, I) scores -> each row centred and divided by its standard deviation."""
-    return (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-9)
 
 
 def evaluate(scores, targets, histories, ks=(10, 100)) -> dict:
@@ -111,15 +106,16 @@ def main(argv=None) -> None:
 
     rows = {}
     ev = (exp.eval_targets, exp.eval_histories)
-    parts_eval = {"sasrec": per_user_z(s_user_eval @ emb.T), "llm": per_user_z(z_eval @ z_item.T)}
-    parts_train = {"sasrec": per_user_z(s_user_train @ emb.T), "llm": per_user_z(z_train @ z_item.T)}
+    parts_eval = {"sasrec": s_user_eval @ emb.T, "llm": z_eval @ z_item.T}
+    parts_train = {"sasrec": s_user_train @ emb.T, "llm": z_train @ z_item.T}
     rows["SASRec (ID only)"] = evaluate(parts_eval["sasrec"], *ev)
     rows["ID Translation, zero-shot"] = evaluate(parts_eval["llm"], *ev)
     rows["Item-text TF-IDF kNN"] = evaluate(knn_scores(exp.eval_histories), *ev)
+    # rarec_lite.baselines.late_fusion: per-user z-scores, weighted (the pipeline's late_fusion uses 0.5 / 0.5)
     best = max(np.linspace(0, 1, 11), key=lambda w: sum(evaluate(
-        w * parts_train["sasrec"] + (1 - w) * parts_train["llm"], train_tgt, train_hist).values()))
+        late_fusion([parts_train["sasrec"], parts_train["llm"]], [w, 1 - w]), train_tgt, train_hist).values()))
     rows[f"late fusion, SASRec weight {best:.1f} (chosen on training users)"] = evaluate(
-        best * parts_eval["sasrec"] + (1 - best) * parts_eval["llm"], *ev)
+        late_fusion([parts_eval["sasrec"], parts_eval["llm"]], [best, 1 - best]), *ev)
     tgt = torch.as_tensor(train_tgt)
     for tied in (True, False):
         a, b = linear_stand_in(z_train, F.normalize(s_user_train, dim=1), tgt, z_item, e_item, tied)
