@@ -1042,14 +1042,15 @@ def _backbone_facts(run: Experiment) -> dict | None:
     return facts
 
 
-COMPARE_WITH = ("sasrec", "tfidf_knn", "id_translation")
+COMPARE_WITH = ("sasrec", "tfidf_knn", "id_translation", "late_fusion")
 """Every method is compared, paired on the same users, with each of these (when it ran)."""
 
 
 def _add_confidence_intervals(entries: dict, ranks: dict, tied: dict, cfg: dict) -> None:
     """95% bootstrap CIs of NDCG@10 and HR@100 per method (``ci95_<metric>``), and the paired
     bootstrap CI and sign-flip p-value of each method minus SASRec (``vs_sasrec_<metric>``), minus
-    TF-IDF kNN (``vs_tfidf_knn_<metric>``) and minus zero-shot ID Translation (``vs_id_translation_<metric>``)."""
+    TF-IDF kNN (``vs_tfidf_knn_<metric>``), minus zero-shot ID Translation (``vs_id_translation_<metric>``) and,
+    when it ran, minus the late fusion of SASRec and ID Translation (``vs_late_fusion_<metric>``)."""
     from rarec_lite.metrics import paired_bootstrap, per_user_metric
 
     n_boot, seed = int(cfg["eval"]["bootstrap_resamples"]), cfg["seed"]
@@ -1144,14 +1145,15 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
                      f"{dash(e.get('train_samples', 0), '{:,}')} | {dash(e.get('train_seconds', 0), '{:.1f}')} |")
     pairs = [(name, e) for name, e in result["methods"].items() if any(k.startswith("vs_") for k in e)]
     if pairs:
+        bases = [b for b in COMPARE_WITH if b in result["methods"]]  # the baselines this run has
         lines += ["", "Paired differences on the same users (method minus the column's baseline): mean, 95% "
                   "bootstrap CI, sign-flip p-value.", "",
-                  "| method | " + " | ".join(f"{m} − {METHODS[b].label}" for b in COMPARE_WITH for m in ("HR@100", "NDCG@10"))
+                  "| method | " + " | ".join(f"{m} − {METHODS[b].label}" for b in bases for m in ("HR@100", "NDCG@10"))
                   + " |",
-                  "|---|" + "---|" * (2 * len(COMPARE_WITH))]
+                  "|---|" + "---|" * (2 * len(bases))]
         for name, e in pairs:
             cells = []
-            for b in COMPARE_WITH:
+            for b in bases:
                 for m in ("HR@100", "NDCG@10"):
                     c = e.get(f"vs_{b}_{m}")
                     cells.append(f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] p={c['p_value']:.3g}"

@@ -213,7 +213,10 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     assert "Data: toy (the synthetic toy dataset" in (out / "report.md").read_text()
 
     # late fusion = z-scored SASRec scores + z-scored text scores, recomputed here in float64 numpy
-    run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["late_fusion"])
+    assert "− Late fusion" not in (out / "report.md").read_text()  # no column for a baseline that did not run
+    res = run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["late_fusion"])
+    assert "vs_late_fusion_HR@100" in res["methods"]["id_translation"]
+    assert "HR@100 − Late fusion" in (out / "report.md").read_text()
     run.load_sasrec()
     zrow = lambda x: (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)  # noqa: E731
     fused = zrow(run.sasrec_scores().double().numpy()) + zrow(z)
