@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[budgets.<dataset>] token budgets apply when it has them")
     p.add_argument("--add-methods", default=None, metavar="M1,M2",
                    help="comma-separated methods to run after the config's own (finished ones are reused), "
-                        "e.g. the RA-Rec ablations on a finished run (default: only the config's own)")
+                        "e.g. the RA-Rec ablations (rarec_no_infonce, rarec_no_instruction, rarec_joint) or "
+                        "late_fusion on a finished run (default: only the config's own)")
     p.set_defaults(func=_cmd_pipeline)
     return parser
 
