@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import platform
+import re
 import resource
 import sys
 import time
@@ -173,6 +174,12 @@ def load_config(name_or_path: str | Path | dict) -> dict:
     for section, key, low in MINIMA:
         if cfg[section][key] < low:
             raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be >= {low}")
+    for section, key in POSITIVE:
+        if not cfg[section][key] > 0:
+            raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be > 0")
+    if not NAME_PATTERN.fullmatch(str(cfg["name"])):
+        raise ValueError(f"{source}: name = {cfg['name']!r} must be letters, digits, '.', '_' or '-' (it names the "
+                         f"folder OUT/results/<name>)")
     t = cfg["train"]
     if t["negative_sampling"] == "popularity" and t["rank_loss"] != "softmax":
         given = "" if "rank_loss" in raw_train else ", the default"
@@ -236,7 +243,13 @@ CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("n
 """Config values checked when the config is read (not hours later, when a stage first uses them)."""
 MINIMA = [("train", "batch_size", 2), ("train", "steps", 1), ("train", "samples", 2), ("train", "negatives", 0),
           ("train", "score_scale", 0.0), ("eval", "num_users", 1), ("llm", "batch_size", 1),
-          ("llm", "user_max_tokens", 1), ("llm", "item_max_tokens", 1), ("sasrec", "epochs", 1)]
+          ("llm", "user_max_tokens", 1), ("llm", "item_max_tokens", 1), ("sasrec", "epochs", 1),
+          ("llm", "max_layers", 0), ("llm", "history_items", 0), ("data", "max_users", 0),
+          ("train", "weight_decay", 0.0), ("train", "lambda_infonce", 0.0)]
+POSITIVE = [("train", "lr"), ("train", "temperature")]
+"""Config values that must be > 0, checked when the config is read."""
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A config's ``name`` becomes a folder under ``OUT/results/``: letters, digits, ``.``, ``_``, ``-`` only."""
 
 
 # ------------------------------------------------------------------------------------ methods

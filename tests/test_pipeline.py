@@ -235,7 +235,12 @@ def test_bad_values_are_refused_when_the_config_is_read(tmp_path):
                         ('[llm]\nquantization = "nf5"\n', r"\[llm\] quantization = 'nf5'"),
                         ("[train]\nbatch_size = 1\n", r"\[train\] batch_size = 1 must be >= 2"),
                         ('[train]\nrank_loss = "hinge"\n', r"\[train\] rank_loss"),
-                        ("[sasrec]\nepochs = 0\n", r"\[sasrec\] epochs = 0 must be >= 1")]:
+                        ("[sasrec]\nepochs = 0\n", r"\[sasrec\] epochs = 0 must be >= 1"),
+                        ("[llm]\nmax_layers = -3\n", r"\[llm\] max_layers = -3 must be >= 0"),
+                        ("[llm]\nhistory_items = -1\n", r"\[llm\] history_items = -1 must be >= 0"),
+                        ("[train]\nlr = -1.0\n", r"\[train\] lr = -1.0 must be > 0"),
+                        ("[train]\ntemperature = 0.0\n", r"\[train\] temperature = 0.0 must be > 0"),
+                        ('name = "../../escape"\n', r"name = '\.\./\.\./escape' must be letters")]:
         bad.write_text(text)
         with pytest.raises(ValueError, match=match):
             load_config(bad)
