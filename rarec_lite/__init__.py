@@ -8,7 +8,7 @@ One module per idea of the course:
 ``rarec_lite.data``       Amazon data, any category: readers per layout (``amazon``, ``lcrec``,
                           ``openp5``), names (``catalog``), ``split``, item ``text``, ``prepared``
 ``rarec_lite.metrics``    full-ranking HR@K / NDCG@K / MRR, sampled protocol, bootstrap
-``rarec_lite.baselines``  MostPop and item-text nearest neighbours
+``rarec_lite.baselines``  MostPop, item-text nearest neighbours and late fusion of two rankers
 ``rarec_lite.sasrec``     the frozen ID encoder (Kang & McAuley 2018)
 ``rarec_lite.llm``        loading a frozen backbone in 4 bits (NF4), 8 bits or full precision
 ``rarec_lite.prefix``     per-layer prefix keys/values for a frozen transformer
