@@ -792,10 +792,30 @@ class Experiment:
             emb = self.user_id_embeddings(hist) if method.use_id else None
             u_states = tower.encode_batched(prompts, "user", emb, int(llm["batch_size"]), budget, progress=False)
             tower.set_standardization(items, u_states)
-        user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
-        users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", user_emb,
-                                     int(llm["batch_size"]), budget, progress=self.progress)
+        if method.kind == "zero-shot":
+            users = self.zero_shot_user_states(tower, method)
+        else:
+            user_emb = self.user_id_embeddings(self.eval_histories) if method.use_id else None
+            users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", user_emb,
+                                         int(llm["batch_size"]), budget, progress=self.progress)
         return tower.score(users, items)
+
+    def zero_shot_user_states(self, tower, method: Method) -> torch.Tensor:
+        """The evaluation users' raw states ``(U, H)`` through a zero-shot ``tower`` (no soft prompt: they
+        depend on the prompt kind alone), encoded once per run and cached on disk, so late fusion
+        reuses ID Translation's instead of running the LLM over the same prompts again."""
+        from rarec_lite.files import load_checkpoint, save_checkpoint
+
+        path = self.out / "cache" / f"eval_user_states_{method.prompts}.safetensors"
+        if path.exists():
+            return load_checkpoint(path)[0]["users"]
+        llm = self.cfg["llm"]
+        users = tower.encode_batched([p.text for p in self.eval_prompts(method)], "user", None,
+                                     int(llm["batch_size"]), int(llm["user_max_tokens"]), progress=self.progress)
+        if distributed.is_main():
+            save_checkpoint(path, {"users": users}, {"kind": "eval_user_states", "prompts": method.prompts})
+        distributed.barrier()
+        return users
 
     def step0(self, tower, method: "Method") -> dict:
         """Metrics of the untrained aligned towers (closed gate): what training starts from.

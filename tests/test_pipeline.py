@@ -215,6 +215,7 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     # late fusion = z-scored SASRec scores + z-scored text scores, recomputed here in float64 numpy
     assert "− Late fusion" not in (out / "report.md").read_text()  # no column for a baseline that did not run
     res = run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["late_fusion"])
+    assert (out / "cache" / "eval_user_states_translation.safetensors").exists()  # ID Translation's users, reused
     assert "vs_late_fusion_HR@100" in res["methods"]["id_translation"]
     assert "HR@100 − Late fusion" in (out / "report.md").read_text()
     run.load_sasrec()
