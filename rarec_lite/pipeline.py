@@ -391,8 +391,9 @@ class Experiment:
         from rarec_lite.sasrec import cached_sasrec_run
 
         run = cached_sasrec_run(self.dataset, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
-        _log(f"SASRec: {'reusing' if run.reused else 'trained'} {run.out_dir} "
-             f"(best epoch {run.metrics['best_epoch']} of {run.metrics['epochs']})")
+        if not (run.reused and self.progress):  # with progress, cached_sasrec_run has said it already
+            _log(f"SASRec: {'reusing' if run.reused else 'trained'} {run.out_dir} "
+                 f"(best epoch {run.metrics['best_epoch']} of {run.metrics['epochs']})")
         self.sasrec, self.sasrec_metrics = run.model, run.metrics
         self.sasrec.eval()
 
@@ -630,6 +631,8 @@ class Experiment:
         ranks, tied = self.rank(late_fusion([self.sasrec_scores(), text_scores]))
         return {"ranks": ranks, "tied": tied, "prompt_tokens": float(np.mean([p.tokens_kept for p in eval_prompts])),
                 "prompt_tokens_needed": float(np.mean([p.tokens_needed for p in eval_prompts])),
+                "truncated_share": float(np.mean([p.truncated for p in eval_prompts])),
+                "budget": self.budget_report(method, eval_prompts),
                 "trainable_params": 0, "train_samples": 0, "train_seconds": 0.0, "eval_seconds": time.time() - t0}
 
     def run_llm_method(self, method: Method, t0: float) -> dict:

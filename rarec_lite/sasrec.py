@@ -1180,7 +1180,9 @@ def cached_sasrec_run(dataset, root=None, device: str = "cpu", progress: bool = 
 
         have = read_json(done).get("config", {})
         if all(have.get(k, ADDED_FIELDS.get(k)) == v for k, v in want.items() if k != "eval_batch_size"):
+            run = load_run(out, device=device)
             if progress:
-                print(f"SASRec: reusing {out}")
-            return load_run(out, device=device)
+                print(f"SASRec: reusing {out} (best epoch {run.metrics.get('best_epoch', '?')} of "
+                      f"{run.metrics.get('epochs', '?')})")
+            return run
     return train_sasrec(dataset, out, device=device, progress=progress, max_steps_per_epoch=max_steps_per_epoch, **cfg)

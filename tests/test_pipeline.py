@@ -90,10 +90,15 @@ def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
     again = run_pipeline(cfg, out=tmp_path, progress=False)
     log = capsys.readouterr().out
     assert "SASRec: reusing" in log and "rarec: reusing" in log and "training" not in log
+    assert log.count("SASRec: reusing") == 1, log
+    # with progress on, cached_sasrec_run says it and the pipeline does not repeat it
+    capsys.readouterr()
+    run_pipeline(cfg, out=tmp_path, progress=True)
+    assert capsys.readouterr().out.count("SASRec: reusing") == 1
     assert again["methods"] == result["methods"]
-    # the resumed report still names the backbone and counts both calls
+    # the resumed report still names the backbone and counts every call
     report = (out / "report.md").read_text()
-    assert "Backbone: tiny-llama" in report and "over 2 call(s)" in report
+    assert "Backbone: tiny-llama" in report and "over 3 call(s)" in report
 
 
 def test_pipeline_refuses_to_resume_on_other_data(tmp_path):
@@ -217,7 +222,12 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     res = run_pipeline(cfg, out=tmp_path, progress=False, add_methods=["late_fusion"])
     assert (out / "cache" / "eval_user_states_translation.safetensors").exists()  # ID Translation's users, reused
     assert "vs_late_fusion_HR@100" in res["methods"]["id_translation"]
-    assert "HR@100 − Late fusion" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "HR@100 − Late fusion" in report
+    # its prompts are ID Translation's, and the token-budget list says so for both
+    budgets = report.split("Token budgets", 1)[1]
+    label = res["methods"]["late_fusion"]["label"]
+    assert f"- {label}: " in budgets and res["methods"]["late_fusion"]["budget"] == res["methods"]["id_translation"]["budget"]
     run.load_sasrec()
     zrow = lambda x: (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)  # noqa: E731
     fused = zrow(run.sasrec_scores().double().numpy()) + zrow(z)
