@@ -35,7 +35,7 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.losses import bpr_loss, sampled_softmax_loss
 
 A = dict(K=1, steps=600, B=32, neg=256, lr=1e-3, gate_lr=1e-2, instr=4, gate0=0.5, loss="bpr", wd=0.0,
-         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1)
+         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1, iso=0, decomp=0, ustd="tower")
 for kv in sys.argv[1:]:
     k, v = kv.split("=");  A[k] = type(A[k])(v) if not isinstance(A[k], str) else v
 print(A, flush=True)
@@ -145,11 +145,27 @@ with torch.no_grad():
     print("gate0 check max|diff|", (a - b).abs().max().item(), "scale", b.abs().max().item(), flush=True)
     for t in al.gate: al.gate[t].copy_(g[t])
 
+TEXT_USER_MEAN = None
+
+
 def stats():
     rng = np.random.default_rng(1)
     it = torch.as_tensor(np.sort(rng.choice(len(item_prompts), 4096, replace=False)))
     iv = encode_all(C_it, "item", E[it], item_row[it])
     uv = encode_all(C_st, "user", U_st)
+    if A["ustd"] == "item":  # the item statistics on both sides
+        return (iv.mean(0), iv.std(0)), (iv.mean(0), iv.std(0))
+    if A["ustd"] == "textmean":  # the users' text-only mean (fixed), the items' sigma on both sides
+        global TEXT_USER_MEAN
+        if TEXT_USER_MEAN is None:
+            g = {t: al.gate[t].detach().clone() for t in al.gate}
+            with torch.no_grad():
+                for t in al.gate: al.gate[t].zero_()
+                TEXT_USER_MEAN = encode_all(C_st, "user", U_st).mean(0)
+                for t in al.gate: al.gate[t].copy_(g[t])
+        return (iv.mean(0), iv.std(0)), (TEXT_USER_MEAN, iv.std(0))
+    if A["ustd"] == "mean":  # the users' own mean, the items' sigma on both sides
+        return (iv.mean(0), iv.std(0)), (uv.mean(0), iv.std(0))
     return (iv.mean(0), iv.std(0)), (uv.mean(0), uv.std(0))
 
 def evaluate(tag):
@@ -157,6 +173,7 @@ def evaluate(tag):
     ist, ust = stats()
     items = torch.cat([encode_all(C_it, "item", E[s:s + 2048], item_row[s:s + 2048]) for s in range(0, len(item_prompts), 2048)])
     ist = (items.mean(0), items.std(0))
+    if A["ustd"] != "tower": ust = (ist[0] if A["ustd"] == "item" else ust[0], ist[1])
     users = encode_all(C_ev, "user", U_ev)
     sc = ((users - ust[0]) / ust[1]) @ ((items - ist[0]) / ist[1]).T
     r, t = exp.rank(sc)
@@ -174,6 +191,20 @@ def rank_loss(u, v, vid, negs, nid):
     lq = (logq[vid], logq[nid]) if A["negpop"] else (None, None)
     return sampled_softmax_loss(u, v, vid, A["inv_t"] / H, negs, nid, *lq)
 
+if A["iso"]:  # isometric start (bench/isometric_init_probe.py): W = V_d of the frozen path J, both towers
+    assert K == 1 and A["instr"] == 0 and not A["direct"]
+    with torch.no_grad():
+        g = {t: al.gate[t].detach().clone() for t in al.gate}
+        for t in al.gate: al.gate[t].zero_()
+        ist0, _ = stats()
+        for t in al.gate: al.gate[t].copy_(g[t])
+        lay = view_model.layers[-1]; attn = lay.self_attn; nh = bb.info.num_heads
+        v = attn.v_proj.weight.float().view(nkv, hd, H).repeat_interleave(nh // nkv, 0).reshape(nh * hd, H)
+        J = (view_model.norm.weight.float() / ist0[1])[:, None] * (attn.o_proj.weight.float() @ v) * lay.input_layernorm.weight.float()[None, :]
+        W = torch.linalg.svd(J)[2][:E.shape[1]].T.contiguous()
+        for t in ("user", "item"):
+            al.reparam[t][-1].weight.copy_(W); al.reparam[t][-1].bias.zero_()
+    print("isometric start", tuple(W.shape), flush=True)
 ist, ust = stats()
 pop = np.asarray(exp.dataset.item_popularity(), dtype=np.float64) + 1.0
 popq = pop / pop.sum(); logq = torch.as_tensor(np.log(popq * len(popq)), dtype=torch.float32)
@@ -182,6 +213,41 @@ if A["sweep"]:
         with torch.no_grad():
             for t in al.gate: al.gate[t].fill_(gv)
         evaluate(f"gate{gv}")
+    sys.exit()
+if A["decomp"]:  # where the signal goes: text part, ID part (gated minus gate-0 states) and their sums
+    from rarec_lite.baselines import late_fusion
+    with torch.no_grad():
+        enc_items = lambda: torch.cat([encode_all(C_it, "item", E[s:s + 2048], item_row[s:s + 2048]) for s in range(0, len(item_prompts), 2048)])
+        ig, ug = enc_items(), encode_all(C_ev, "user", U_ev)
+        g = {t: al.gate[t].detach().clone() for t in al.gate}
+        for t in al.gate: al.gate[t].zero_()
+        i0, u0 = enc_items(), encode_all(C_ev, "user", U_ev)
+        for t in al.gate: al.gate[t].copy_(g[t])
+        sd = ig.std(0); sd0 = i0.std(0)
+        zt = ((u0 - i0.mean(0)) / sd0) @ ((i0 - i0.mean(0)) / sd0).T
+        Du, Di = (ug - u0) / sd, (ig - i0) / sd
+        idp = Du @ Di.T
+        full = ((ug - ig.mean(0)) / sd) @ ((ig - ig.mean(0)) / sd).T
+        sas = U_ev @ E.T
+        sg = encode_all(C_st, "user", U_st)  # the statistics users (training users' validation prompts), gated
+        for t in al.gate: al.gate[t].zero_()
+        s0_ = encode_all(C_st, "user", U_st)
+        for t in al.gate: al.gate[t].copy_(g[t])
+        std_rows = [("text only, user mean + item sigma", ((u0 - s0_.mean(0)) / sd0) @ ((i0 - i0.mean(0)) / sd0).T),
+                    ("text only, per-tower mean + sigma", ((u0 - s0_.mean(0)) / s0_.std(0)) @ ((i0 - i0.mean(0)) / sd0).T),
+                    ("full, user mean + item sigma", ((ug - sg.mean(0)) / sd) @ ((ig - ig.mean(0)) / sd).T),
+                    ("full, per-tower mean + sigma", ((ug - sg.mean(0)) / sg.std(0)) @ ((ig - ig.mean(0)) / sd).T),
+                    ("full, users' text-only mean + item sigma", ((ug - s0_.mean(0)) / sd) @ ((ig - ig.mean(0)) / sd).T),
+                    ("text + ID part centred on users", zt + (Du - Du.mean(0)) @ Di.T)]
+        cos = torch.nn.functional.normalize(Du, dim=1) @ torch.nn.functional.normalize(Di, dim=1).T
+        print("norms: text z_u %.1f z_i %.1f  ID part D_u %.1f D_i %.1f" % (((u0 - i0.mean(0)) / sd0).norm(dim=1).mean(), ((i0 - i0.mean(0)) / sd0).norm(dim=1).mean(), Du.norm(dim=1).mean(), Di.norm(dim=1).mean()))
+        print("item ID-part norm: cv %.3f; corr(ID-part score, SASRec) per user %.3f" % ((Di.norm(dim=1).std() / Di.norm(dim=1).mean()).item(),
+              np.mean([np.corrcoef(idp[k].numpy(), sas[k].numpy())[0, 1] for k in range(0, 2000, 20)])))
+        for name, sc in [("SASRec", sas), ("text only (gate 0)", zt), ("ID part alone D_u.D_i", idp), ("ID part cosine", cos),
+                         ("full (what RA-Rec scores)", full), ("text + ID part, no cross terms", zt + idp),
+                         ("late fusion text + ID part", late_fusion([zt, idp])), ("late fusion text + SASRec", late_fusion([zt, sas]))] + std_rows:
+            r, t = exp.rank(sc); met = metrics_from_ranks(r, [10, 100], tied=t)
+            print(f"| {name} | {met['HR@10']:.4f} | {met['HR@100']:.4f} | {met['NDCG@10']:.4f} |", flush=True)
     sys.exit()
 if A["steps"] == 0:
     evaluate("untrained"); sys.exit()

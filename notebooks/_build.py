@@ -530,16 +530,20 @@ for ax, (name, f) in zip(axes, [("history length", lambda s: len(s.history)), ("
        "and attends to the soft-prompt slots with a softmax of their own; a per-layer gate scales what that adds. "
        "During a warm-up the trainer multiplies every gate by a factor rising from 0 to 1, so at step 0 the towers "
        "are *exactly* the zero-shot LLM reading the hybrid hard prompt (the 3 most recent item texts). The gates "
-       "start at 0 except the last layer's: both towers start from one random reparameterization (`tie_init`), so "
-       "once the warm-up opens, the last layer writes `M e_u` into the user state and `M e_i` into the item state "
-       "with the same `M`, and their dot product carries SASRec's own score `e_u . e_i` (a random projection of it). "
-       "`exp.step0` scores the evaluation users with the untrained towers; next to it, zero-shot ID Translation "
-       "(the whole history as text, cut to the token budget)."),
+       "start at 0 except the last layer's ID slot, and the last layer's reparameterization starts as the **isometric "
+       "map** (`tower.init_isometric_reparameterization`): the top right singular vectors of the frozen path from "
+       "the soft prompt to the standardised final state (input norm, value and output projections, final norm). "
+       "Once the warm-up opens, the last layer writes `J W e_u` into the user state and `J W e_i` into the item "
+       "state, and their dot product is a scaled copy of SASRec's own score next to the text's. The contextual "
+       "instruction has a softmax and gates of its own, closed at the start, so the random instruction vectors "
+       "take nothing from the ID slot; they open as the loss asks. "
+       "`exp.step0` scores the evaluation users with the untrained towers at warm-up factor 0; next to it, "
+       "zero-shot ID Translation (the whole history as text, cut to the token budget)."),
     code('''\
 s0 = exp.step0(tower, rarec)
 zs = exp.run_method(METHODS["id_translation"])
 zero_shot = metrics.metrics_from_ranks(zs["ranks"], (10, 100), tied=zs["tied"])
-print(f"warm-up factor at step 0: {align.warmup_open:.0f}; per-layer gates behind it: {align.gate['user'].tolist()}")
+print(f"warm-up factor at step 0: {align.warmup_open:.0f}; per-layer ID gates behind it: {align.gate['user'].tolist()}")
 print(f"item states at step 0 are within {s0['max_item_deviation']:.1e} (relative) of the text-only ones")
 for name, m in [("RA-Rec, step 0 (= zero-shot)", s0), ("ID Translation, zero-shot", zero_shot)]:
     print(f"{name:30s}" + "  ".join(f"{k} {m[k]:.4f}" for k in ("HR@10", "NDCG@10", "HR@100")))'''),
@@ -561,10 +565,13 @@ print(f"{result.steps} steps of {B} pairs in {result.seconds:.1f} s, {result.tra
 print(f"InfoNCE at step 1: {result.infonce[0]:.2f} nats (log B = {np.log(B):.2f}); at the end: {result.infonce[-1]:.2f}")
 plots.training_curves({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
                       smooth=max(1, result.steps // 20));'''),
-    md("The per-layer gates the training learned (layer 1 first; they started at 0 except the last layer's):"),
+    md("The per-layer gates the training learned (layer 1 first): the ID slot's (they started at 0 except the "
+       "last layer's) and the contextual instruction's (all started at 0):"),
     code('''\
 for t in ("user", "item"):
-    print(f"{t} tower: " + "  ".join(f"{g:+.3f}" for g in align.gate[t].tolist()))'''),
+    print(f"{t} tower, ID:          " + "  ".join(f"{g:+.3f}" for g in align.gate[t].tolist()))
+    if t in align.instruction_gate:
+        print(f"{t} tower, instruction: " + "  ".join(f"{g:+.3f}" for g in align.instruction_gate[t].tolist()))'''),
     md("## 5. Evaluate on the test users\n`exp.evaluate_tower` encodes the whole catalogue through the trained item "
        "tower, refreshes the standardisation from training users, and ranks every item for the evaluation users "
        "(full ranking, history masked). Metrics are exact expectations over ties."),
@@ -701,7 +708,8 @@ exp = course.experiment(cfg, progress=False)  # notebook 06's experiment (same d
 a = exp.cfg["alignment"]
 align = alignment.RAAlignment(bb.info, id_dim=run.model.item_embeddings().shape[1], num_id_tokens=a["num_id_tokens"],
                               num_instruction_tokens=a["num_instruction_tokens"], gate_init=a["gate_init"],
-                              attention=a["attention"], last_layer_gate=a["last_layer_gate"])
+                              attention=a["attention"], last_layer_gate=a["last_layer_gate"],
+                              instruction_softmax=a["instruction_softmax"])
 try:
     print("RA-Rec alignment from step", train.load_alignment(align, exp.out / "train" / "rarec"))
     align.gate_offset = 0.0  # trained: the gate is what was learned (load_alignment restores the parameters only)

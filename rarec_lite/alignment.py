@@ -46,6 +46,17 @@ score ``e_u . e_i``. Training starts from "zero-shot LLM + SASRec" instead of le
 nothing (what 150 steps of 16 pairs could not do); a random map in the earlier layers goes through the
 remaining frozen layers and lands as noise, so those gates start closed and open only as the loss asks.
 
+**The isometric start** (:meth:`TwoTower.init_isometric_reparameterization`, the pipeline's
+``[alignment] reparam_init = "isometric"``) replaces that random ``M`` with the map that inverts the last
+layer's frozen linear path (input norm, value and output projections, final norm, the item
+standardisation): the score's ID part then starts as a scaled copy of SASRec's own geometry instead of a
+random projection of it. Two choices make that copy survive: the contextual instruction gets a softmax and
+gates of its own (``instruction_softmax="own"``, gates starting at 0), so the ID slot keeps attention
+weight 1 whatever the instruction vectors; and the user tower keeps its *text-only* mean and the items'
+sigma (:meth:`TwoTower.set_standardization` ``user_sigma="item"``), so the user side is scaled like the
+item side and SASRec's mean-user direction (its popularity prior) is not subtracted. Measured on the
+main job (README, "Results", point 8).
+
 **The joint attention's gate.** Every prefix slot's attention logit gets a
 learnable per-tower bias ``g`` (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_bias``),
 very negative at step 0 (``gate_init = -20``): the text attends to the soft prompt with weight
@@ -113,11 +124,17 @@ class RAAlignment(nn.Module):
             ``"joint"`` (classic prefix tuning with the log-space gate ``gate_init``). See the module
             docstring.
         last_layer_gate: gated attention: the last layer's gate at the start (the others start at 0).
+        instruction_softmax: gated attention with both instruction and ID slots: ``"own"`` (default)
+            gives the contextual instruction a softmax and per-layer gates of its own
+            (``instruction_gate``, starting at 0), so the ID slot's attention weight is 1 whatever
+            the instruction vectors; ``"shared"``: one softmax over all ``P`` slots (the ID slot then
+            shares its weight with ``n_instr`` random vectors). README, "Results", point 8.
 
     Trainable parameters (both towers; formula of :meth:`expected_num_params`):
     ``2 * ( use_instruction * L * n_instr * H + use_id * L' * (d + 1) * n_id * H )`` with
     ``L' = L`` if ``layer_specific`` else 1; plus the gate per tower: ``L`` scalars with the gated
-    attention, one with the joint attention when ``gate_init`` is not ``None``.
+    attention (``2 L`` with the instruction's own gates), one with the joint attention when
+    ``gate_init`` is not ``None``.
 
     Raises:
         ValueError: both ``use_id`` and ``use_instruction`` off (nothing to train: use
@@ -132,7 +149,7 @@ class RAAlignment(nn.Module):
                  layer_specific: bool = True, use_instruction: bool = True, use_id: bool = True,
                  init_scale: float | Sequence[float] = 1.0, seed: int | None = 0,
                  gate_init: float | None = -20.0, tie_init: bool = True, attention: str = "gated",
-                 last_layer_gate: float = 0.5):
+                 last_layer_gate: float = 0.5, instruction_softmax: str = "own"):
         super().__init__()
         if not (use_id or use_instruction):
             raise ValueError("use_id and use_instruction are both False: nothing to train "
@@ -146,7 +163,13 @@ class RAAlignment(nn.Module):
             raise ValueError("use_instruction needs num_instruction_tokens >= 1")
         if attention not in ("gated", "joint"):
             raise ValueError(f"attention must be 'gated' or 'joint'; got {attention!r}")
+        if instruction_softmax not in ("own", "shared"):
+            raise ValueError(f"instruction_softmax must be 'own' or 'shared'; got {instruction_softmax!r}")
         self.attention = attention
+        # gated attention with both kinds of slots: the instruction gets a softmax and gates of its own
+        self.instruction_softmax = instruction_softmax
+        self.separate_instruction = (attention == "gated" and instruction_softmax == "own"
+                                     and use_instruction and use_id)
         self.num_layers = L = int(info.num_layers)
         self.hidden_size = H = int(info.hidden_size)
         self.id_dim = int(id_dim)
@@ -172,6 +195,12 @@ class RAAlignment(nn.Module):
         elif gate_init is not None:
             for tower in TOWERS:
                 self.gate[tower] = nn.Parameter(torch.tensor(0.0))
+        # the contextual instruction's own per-layer gates (separate softmax): closed at the start, so the
+        # untrained module is "zero-shot LLM + the ID slot"; they open as the loss asks (LLaMA-Adapter's zero init)
+        self.instruction_gate = nn.ParameterDict()
+        if self.separate_instruction:
+            for tower in TOWERS:
+                self.instruction_gate[tower] = nn.Parameter(torch.zeros(L))
 
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.tie_init = bool(tie_init)
@@ -212,20 +241,23 @@ class RAAlignment(nn.Module):
     def expected_num_params(num_layers: int, hidden_size: int, id_dim: int, num_id_tokens: int = 1,
                             num_instruction_tokens: int = 4, layer_specific: bool = True,
                             use_instruction: bool = True, use_id: bool = True, num_towers: int = 2,
-                            gate: bool = True, attention: str = "gated") -> int:
+                            gate: bool = True, attention: str = "gated", instruction_softmax: str = "own") -> int:
         """Closed form of the trainable-parameter count.
 
         ``towers * ( use_instruction * L * n_instr * H  +  use_id * L' * (d + 1) * n_id * H )``,
         ``L' = L`` when ``layer_specific`` else 1 (``d + 1``: weight + bias of the linear map),
-        ``+ towers * L`` per-layer gates with the gated attention, ``+ towers`` with the joint
-        attention's gate (``gate``: one scalar per tower).
+        ``+ towers * L`` per-layer gates with the gated attention (``+ towers * L`` more for the
+        instruction's own gates when both kinds of slots are on and ``instruction_softmax="own"``),
+        ``+ towers`` with the joint attention's gate (``gate``: one scalar per tower).
         SmolLM2 first 8 layers (H = 576), d = 64, n_id = 1, n_instr = 4, no gate: 2 * (18,432 +
         299,520) = 635,904.
         """
         maps = num_layers if layer_specific else 1
         per_tower = (int(use_instruction) * num_layers * num_instruction_tokens * hidden_size
                      + int(use_id) * maps * (id_dim + 1) * num_id_tokens * hidden_size
-                     + (num_layers if attention == "gated" else int(gate)))
+                     + (num_layers if attention == "gated" else int(gate))
+                     + (num_layers if attention == "gated" and instruction_softmax == "own"
+                        and use_instruction and use_id else 0))
         return num_towers * per_tower
 
     def num_trainable(self) -> int:
@@ -307,6 +339,8 @@ class RAAlignment(nn.Module):
             for l in (self.gate[tower] == 0).nonzero().flatten().tolist():
                 if self.layer_specific:
                     out |= {f"reparam.{tower}.{l}.weight", f"reparam.{tower}.{l}.bias"}
+            if self.separate_instruction and bool((self.instruction_gate[tower] == 0).all()):
+                out.add(f"instruction.{tower}")  # its own gates all closed: nothing reaches it yet
         return out
 
     @property
@@ -321,12 +355,21 @@ class RAAlignment(nn.Module):
 
     def prefix_gate(self, tower: str) -> torch.Tensor | None:
         """The gated attention's per-layer gates of ``tower``: an ``(L,)`` tensor
-        ``warmup_open * g_tower`` (``None`` for the joint attention). ``g`` is trained; at step 0 the
+        ``warmup_open * g_tower``, ``(L, 2)`` with the instruction's own gates first (``None`` for the
+        joint attention). ``g`` is trained; at step 0 the
         warm-up factor is 0, so the towers are exactly the zero-shot model
         (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_gate``)."""
         if self.attention != "gated":
             return None
+        if self.separate_instruction:  # (L, 2): the instruction's gates, then the ID slots'
+            return torch.stack([self.instruction_gate[tower], self.gate[tower]], dim=1) * self.warmup_open
         return self.gate[tower] * self.warmup_open
+
+    @property
+    def prefix_groups(self) -> tuple[int, int] | None:
+        """``(n_instr, n_id)`` when the instruction has a softmax of its own (then :meth:`prefix_gate`
+        is ``(L, 2)``), else ``None`` (:func:`rarec_lite.prefix.forward_with_prefix`, ``prefix_groups``)."""
+        return (self.num_instruction_tokens, self.num_id_tokens) if self.separate_instruction else None
 
     def id_representations(self, tower: str, id_emb: torch.Tensor) -> list[torch.Tensor]:
         """The ID-side representation ``d^(l)`` of every layer: L tensors (B, H).
@@ -417,6 +460,7 @@ class TwoTower(nn.Module):
         self.dtype = _torch_dtype(info.compute_dtype)
         # per tower: (mu (H,), sigma (H,)) standardisation statistics, see set_standardization
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.user_sigma = "own"  # or "item": the user tower is scaled by the item tower's sigma
 
     # -- scoring ---------------------------------------------------------------------------
     @staticmethod
@@ -427,7 +471,7 @@ class TwoTower(nn.Module):
         return states.mean(0), states.std(0).clamp_min(eps)
 
     def set_standardization(self, states: torch.Tensor | None, user_states: torch.Tensor | None = None,
-                            eps: float = 1e-6) -> "TwoTower":
+                            eps: float = 1e-6, user_sigma: str = "own") -> "TwoTower":
         """Fix each tower's ``mu`` and ``sigma`` (each ``(H,)``): the per-dimension mean and standard
         deviation of ``states`` (``(N, H)`` item-tower states, e.g. the catalogue's) for the item
         tower and of ``user_states`` (``(M, H)`` user-tower states of training users) for the user
@@ -435,17 +479,31 @@ class TwoTower(nn.Module):
         first, simpler form). ``states=None`` switches standardisation off (the raw dot product).
         Returns ``self``.
 
+        ``user_sigma="item"`` scales the user tower by the *item* tower's ``sigma`` (its own mean is
+        kept): one diagonal scaling on both sides, so the score's ID part stays the isometric copy of
+        SASRec's geometry that :meth:`init_isometric_reparameterization` builds (with each tower's own
+        ``sigma`` the user side is distorted by ``sigma_item / sigma_user``). RA-Rec's aligned towers
+        use it with the users' *text-only* mean: README, "Results", point 8. The trainer then keeps
+        the user mean fixed and lets only the item statistics follow the towers
+        (:attr:`user_sigma`).
+
         The statistics are detached copies: they are data, not parameters, and never train.
 
         Raises:
-            ValueError: states that are not ``(N >= 2, H)`` with ``H`` the backbone's width.
+            ValueError: states that are not ``(N >= 2, H)`` with ``H`` the backbone's width;
+                ``user_sigma`` not ``"own"`` or ``"item"``.
         """
+        if user_sigma not in ("own", "item"):
+            raise ValueError(f"user_sigma must be 'own' or 'item'; got {user_sigma!r}")
+        self.user_sigma = user_sigma
         if states is None:
             self.stats = {}
             return self
         h = self.backbone.info.hidden_size
         item = self._moments(states, h, eps, "item")
         user = self._moments(user_states, h, eps, "user") if user_states is not None else item
+        if user_sigma == "item":
+            user = (user[0], item[1].clone())  # a copy: checkpoints (safetensors) refuse shared memory
         self.stats = {"item": item, "user": user}
         return self
 
@@ -484,6 +542,71 @@ class TwoTower(nn.Module):
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """Two-tower scores ``z_user(u) @ z_item(i).T``: (U, H) x (I, H) -> (U, I) (see the class docstring)."""
         return self.standardize(user_vecs, "user") @ self.standardize(item_vecs, "item").T
+
+    @torch.no_grad()
+    def init_isometric_reparameterization(self) -> torch.Tensor:
+        """Start the last layer's reparameterization from SASRec's geometry (both towers, the same map).
+
+        With the gated attention and one ID slot in its own softmax, the last layer's soft prompt
+        ``W e`` reaches the pooled, standardised final state through frozen linear maps only, up to
+        per-token scalars (the RMS norms) and the layer's MLP:
+
+            J = diag(g_final / sigma_item) . O . R . V . diag(g_input)                   (H x H)
+
+        (``g_input``, ``g_final``: the layer's input norm and the final norm weights; ``V`` the value
+        projection, ``R`` the grouped-query expansion of its heads, ``O`` the output projection;
+        ``sigma_item`` the item tower's standardisation). Setting ``W = V_d`` (the top ``d`` right
+        singular vectors of ``J``, ``d`` = the ID width) makes ``J W`` orthogonal up to the singular
+        values, so ``(J W e_u) . (J W e_i)`` starts as a scaled copy of SASRec's own score
+        ``e_u . e_i`` (cosine SASRec: exactly its geometry) next to the text's. The frozen maps are
+        read by feeding the identity through them, so any quantization works. The bias is set to 0.
+
+        Measured on the main job (real Clothing, 2,000 test users, full ranking, gate 0.25, untrained):
+        README, "Results", point 8.
+
+        Returns:
+            ``(H,)`` the singular values of ``J`` (for a report).
+
+        Raises:
+            ValueError: not a LLaMA-family backbone; no alignment or no ID representation; a shared
+                (not layer-specific) map; ``n_id != 1``; no standardisation statistics set
+                (:meth:`set_standardization` first, with the text-only item states).
+        """
+        info, al = self.backbone.info, self.alignment
+        if info.architecture != "llama":
+            raise ValueError(f"init_isometric_reparameterization: LLaMA-family backbones only; {info.name} is "
+                             f"{info.architecture} (use reparam_init = \"random\")")
+        if al is None or not al.use_id or not al.layer_specific or al.num_id_tokens != 1:
+            raise ValueError("init_isometric_reparameterization needs an alignment with one layer-specific ID slot")
+        if al.id_dim > info.hidden_size:
+            raise ValueError(f"init_isometric_reparameterization: the ID width {al.id_dim} exceeds the LLM's "
+                             f"{info.hidden_size}; no isometric map exists")
+        if not self.stats:
+            raise ValueError("init_isometric_reparameterization needs the text-only standardisation statistics "
+                             "(set_standardization first)")
+        from rarec_lite.prefix import _layers
+
+        model = self.backbone.model
+        block = _layers(model, "llama")[info.num_layers - 1]
+        attn = block.self_attn
+        h, nh, nkv, hd = info.hidden_size, info.num_heads, info.num_kv_heads, info.head_dim
+        dev, dt = self.device, self.dtype
+        probe = lambda module, n: (module(torch.eye(n, device=dev, dtype=dt))  # noqa: E731
+                                   - module(torch.zeros(1, n, device=dev, dtype=dt))).float().cpu()
+        v = probe(attn.v_proj, h).T                                            # (nkv * hd, H)
+        v = v.view(nkv, hd, h).repeat_interleave(nh // nkv, 0).reshape(nh * hd, h)
+        o = probe(attn.o_proj, nh * hd).T                                      # (H, nh * hd)
+        g_in = block.input_layernorm.weight.detach().float().cpu()
+        g_out = model.norm.weight.detach().float().cpu()
+        j = (g_out / self.stats["item"][1])[:, None] * (o @ v) * g_in[None, :]
+        _, sv, vh = torch.linalg.svd(j)
+        w = vh[: al.id_dim].T.contiguous()                                     # (H, d), orthonormal columns
+        last = al.num_layers - 1
+        for tower in TOWERS:
+            lin = al.reparam[tower][last]
+            lin.weight.copy_(w.to(lin.weight.device, lin.weight.dtype))
+            lin.bias.zero_()
+        return sv
 
     # -- the training objective ----------------------------------------------------------------
     def loss(self, user_prompts: Sequence[str], user_emb: torch.Tensor | None, item_prompts: Sequence[str],
@@ -610,7 +733,9 @@ class TwoTower(nn.Module):
             gate = self.alignment.prefix_gate(tower)  # gated attention (None when joint)
             if gate is not None:
                 gate = gate.to(self.device, self.dtype)
-        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias, prefix_gate=gate)
+        groups = self.alignment.prefix_groups if prefixes is not None else None
+        hidden = forward_with_prefix(self.backbone, input_ids, mask, prefixes, prefix_bias=bias, prefix_gate=gate,
+                                     prefix_groups=groups)
         skip = pooling_exclusion(self.backbone, input_ids)  # a BOS attention sink stays out of the mean
         final = pool(hidden[-1], mask, how=self.pooling, exclude=skip).float()
         if not per_layer:

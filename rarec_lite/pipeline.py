@@ -81,7 +81,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
             "standardize": False},
     "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0, "tie_init": True,
-                  "attention": "gated", "last_layer_gate": 0.5},
+                  "attention": "gated", "last_layer_gate": 0.15, "reparam_init": "isometric",
+                  "instruction_softmax": "own", "user_statistics": "text"},
     "train": _train_defaults(),  # the training loop's defaults live in one place: rarec_lite.train.TrainConfig
     "methods": {"run": ["mostpop", "sasrec", "tfidf_knn", "id_direct", "id_translation", "id_translation_prefix",
                         "rarec"]},
@@ -237,6 +238,9 @@ def results_dir(cfg: dict, out: str | Path, default_dataset: str | None = None) 
 
 CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
            ("alignment", "attention", ("gated", "joint")),
+           ("alignment", "reparam_init", ("random", "isometric")),
+           ("alignment", "instruction_softmax", ("own", "shared")),
+           ("alignment", "user_statistics", ("tower", "text")),
            ("train", "rank_loss", ("bpr", "softmax")), ("train", "schedule", ("cosine", "constant")),
            ("train", "negative_sampling", ("uniform", "popularity")),
            ("train", "samples_from", ("valid", "train"))]
@@ -570,11 +574,19 @@ class Experiment:
                 progress=False)
         return self._user_standardization[kind]
 
+    def _user_sigma(self, method: "Method") -> str:
+        """``"item"`` when an aligned method's user tower keeps its text-only mean and takes the item
+        tower's sigma (``[alignment] user_statistics = "text"``), else ``"own"``."""
+        text = str(self.cfg["alignment"]["user_statistics"]) == "text"
+        return "item" if method.kind == "trained" and method.use_id and text else "own"
+
     def _standardize(self, tower, method: "Method") -> None:
-        """Per-tower statistics: items from the item prompts' text-only states, users from training users' prompts."""
+        """Per-tower statistics: items from the item prompts' text-only states, users from training users' prompts
+        (with ``[alignment] user_statistics = "text"`` an aligned user tower is scaled by the items' sigma)."""
         if self.cfg["llm"]["standardize"]:
             tower.set_standardization(self.standardization_states(method.prompts),
-                                      self.user_standardization_states(method.prompts))
+                                      self.user_standardization_states(method.prompts),
+                                      user_sigma=self._user_sigma(method))
 
     # -- scoring --------------------------------------------------------------------------
     def rank(self, scores: torch.Tensor):
@@ -659,6 +671,8 @@ class Experiment:
                          train_samples=len(samples), train_seconds=result.seconds,
                          soft_prompt_tokens=alignment.num_prefix_tokens, sample_report=sample_report,
                          gate={k: alignment.gate[k].detach().tolist() for k in alignment.gate},
+                         instruction_gate={k: alignment.instruction_gate[k].detach().tolist()
+                                           for k in alignment.instruction_gate},
                          losses={"bpr": result.bpr, "infonce": result.infonce, "total": result.total})
         facts["ranks"], facts["tied"] = self.evaluate_tower(tower, method)
         facts["eval_seconds"] = time.time() - t0 - facts["train_seconds"]
@@ -724,9 +738,16 @@ class Experiment:
                                     layer_specific=method.layer_specific, use_instruction=method.use_instruction,
                                     use_id=method.use_id, seed=self.seed, gate_init=float(a["gate_init"]),
                                     tie_init=bool(a["tie_init"]), attention=method.attention or str(a["attention"]),
-                                    last_layer_gate=float(a["last_layer_gate"]))
+                                    last_layer_gate=float(a["last_layer_gate"]),
+                                    instruction_softmax=str(a["instruction_softmax"]))
         tower = TwoTower(self.backbone, alignment, self.pooling)
         self._standardize(tower, method)
+        if alignment is not None and alignment.use_id and str(self.cfg["alignment"]["reparam_init"]) == "isometric":
+            if not tower.stats or alignment.attention != "gated" or self.backbone.info.architecture != "llama":
+                _log(f"{method.name}: [alignment] reparam_init = \"isometric\" needs [llm] standardize = true, the "
+                     f"gated attention and a LLaMA-family backbone; this one starts from the random map instead")
+            else:
+                tower.init_isometric_reparameterization()
         return tower
 
     def train_config(self, method: Method):
@@ -791,10 +812,13 @@ class Experiment:
                                          int(llm["batch_size"]), int(llm["item_max_tokens"]),
                                          progress=self.progress)
         if method.kind == "trained" and self.cfg["llm"]["standardize"]:
-            prompts, hist = self.stats_prompts(method.prompts)
-            emb = self.user_id_embeddings(hist) if method.use_id else None
-            u_states = tower.encode_batched(prompts, "user", emb, int(llm["batch_size"]), budget, progress=False)
-            tower.set_standardization(items, u_states)
+            if self._user_sigma(method) == "item":  # the users' text-only mean; the trained items' sigma
+                tower.set_standardization(items, self.user_standardization_states(method.prompts), user_sigma="item")
+            else:
+                prompts, hist = self.stats_prompts(method.prompts)
+                emb = self.user_id_embeddings(hist) if method.use_id else None
+                u_states = tower.encode_batched(prompts, "user", emb, int(llm["batch_size"]), budget, progress=False)
+                tower.set_standardization(items, u_states)
         if method.kind == "zero-shot":
             users = self.zero_shot_user_states(tower, method)
         else:

@@ -166,7 +166,7 @@ def _refuse_checkpointing_with_prefixes(model, arch: str, P: int) -> None:
         )
 
 
-def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor) -> list:
+def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor, groups: tuple[int, ...] | None = None) -> list:
     """Hooks that add each layer's gated prefix attention to its attention output (see
     :func:`forward_with_prefix`, ``prefix_gate``). Returns the hook handles (remove them after use).
 
@@ -174,7 +174,8 @@ def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor) -> list:
     rotary embedding) attend over the ``P`` prefix slots alone, ``a = softmax(q k_P^T / sqrt(head_dim))``,
     and ``gate[l] * a v_P`` is added to the heads' output right before the layer's output projection
     (LLaMA ``o_proj``, GPT-2 ``c_proj``, BERT: the self-attention's output, before ``output.dense``).
-    The text's attention over itself is untouched."""
+    The text's attention over itself is untouched. With ``groups`` (slot counts summing to ``P``) each
+    group of consecutive slots has a softmax of its own and ``gate[l, g]`` scales group ``g``'s share."""
     info, model = backbone.info, backbone.model
     arch, nh, hd = info.architecture, info.num_heads, info.head_dim
     rep = nh // info.num_kv_heads
@@ -188,9 +189,19 @@ def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor) -> list:
         k, v = kv[l]
         if rep > 1:  # grouped-query attention: each key/value head serves `rep` query heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        a = torch.softmax((q.transpose(1, 2) @ k.transpose(-1, -2)).float() / hd ** 0.5, dim=-1)  # (B, nh, T, P)
-        o = (a.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, nh * hd)
-        return x + gate[l].to(x.dtype) * o.to(x.dtype)
+        logits = (q.transpose(1, 2) @ k.transpose(-1, -2)).float() / hd ** 0.5  # (B, nh, T, P)
+        if groups is None:
+            a = torch.softmax(logits, dim=-1)
+            o = (a.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, nh * hd)
+            return x + gate[l].to(x.dtype) * o.to(x.dtype)
+        start = 0
+        for g, size in enumerate(groups):  # one softmax per group of slots, one gate per group
+            if size:
+                a = torch.softmax(logits[..., start:start + size], dim=-1)
+                o = (a.to(v.dtype) @ v[:, :, start:start + size]).transpose(1, 2).reshape(B, T, nh * hd)
+                x = x + gate[l, g].to(x.dtype) * o.to(x.dtype)
+            start += size
+        return x
 
     block_attn = []
     for l, block in enumerate(_layers(model, arch)):
@@ -213,7 +224,8 @@ def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor) -> list:
 
 
 def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes=None,
-                        prefix_bias: torch.Tensor | float | None = None, prefix_gate: torch.Tensor | float | None = None):
+                        prefix_bias: torch.Tensor | float | None = None, prefix_gate: torch.Tensor | float | None = None,
+                        prefix_groups: tuple[int, ...] | None = None):
     """Run the frozen backbone with per-layer prefix keys/values (RA-Rec Sec. 3).
 
     Args:
@@ -238,6 +250,10 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
             alone (keys without rotary embedding); ``gate[l]`` times that output is added to the
             heads' output before the layer's output projection. Gate 0 gives exactly the plain
             model; the gate is differentiable. ``prefix_bias`` must then be ``None``.
+        prefix_groups: gated attention only: slot counts ``(P_1, ..., P_G)`` summing to ``P``; each group
+            of consecutive slots gets a softmax of its own and ``prefix_gate`` is then ``(L, G)``, one gate
+            per layer and group (RA-Rec's contextual instruction and ID slots:
+            :meth:`rarec_lite.alignment.RAAlignment.prefix_groups`). ``None``: one softmax over all ``P``.
 
     Returns:
         tuple of ``num_layers + 1`` hidden states, each ``(B, T, H)`` for the text tokens
@@ -295,18 +311,28 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
         _refuse_checkpointing_with_prefixes(model, info.architecture, P)
 
     dtype = model.get_input_embeddings().weight.dtype
+    if prefix_groups is not None and prefix_gate is None:
+        raise ValueError("prefix_groups is for the gated attention: give prefix_gate too")
     if prefix_gate is not None:
         if prefix_bias is not None:
             raise ValueError("prefix_bias is for the joint attention; the gated attention (prefix_gate) has none")
         gate = torch.as_tensor(prefix_gate, device=device)
-        gate = gate.expand(info.num_layers) if gate.dim() == 0 else gate
-        if gate.shape != (info.num_layers,):
-            raise ValueError(f"prefix_gate must be a scalar or ({info.num_layers},); got shape {tuple(gate.shape)}")
+        if prefix_groups is not None:
+            prefix_groups = tuple(int(g) for g in prefix_groups)
+            if sum(prefix_groups) != P or min(prefix_groups, default=0) < 0:
+                raise ValueError(f"prefix_groups {prefix_groups} must be counts >= 0 summing to P = {P}")
+            if gate.shape != (info.num_layers, len(prefix_groups)):
+                raise ValueError(f"prefix_gate must be ({info.num_layers}, {len(prefix_groups)}) with prefix_groups "
+                                 f"{prefix_groups}; got shape {tuple(gate.shape)}")
+        else:
+            gate = gate.expand(info.num_layers) if gate.dim() == 0 else gate
+            if gate.shape != (info.num_layers,):
+                raise ValueError(f"prefix_gate must be a scalar or ({info.num_layers},); got shape {tuple(gate.shape)}")
         if P == 0:
             return forward_with_prefix(backbone, input_ids, attention_mask, None)
         kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype), rotary=False)
               for l, d in enumerate(prefixes)]
-        handles = _gated_prefix_hooks(backbone, kv, gate)
+        handles = _gated_prefix_hooks(backbone, kv, gate, prefix_groups)
         try:
             out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         finally:

@@ -564,10 +564,13 @@ def train_alignment(tower, samples: Sequence[Sample], user_prompts: Sequence[str
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         optimizer.step()
-        if follow_stats:  # the statistics follow the towers (item: uniform negatives; user: the batch)
+        if follow_stats:  # the statistics follow the towers (item: the negatives; user: the batch)
             if neg is not None and len(neg) >= 2:
                 follow("item", neg)
-            follow("user", losses["user_states"])
+            if tower.user_sigma == "item":  # the user mean stays (text-only), the scale is the items'
+                tower.stats["user"] = (tower.stats["user"][0], tower.stats["item"][1].clone())
+            else:
+                follow("user", losses["user_states"])
 
         step += 1
         seconds += time.perf_counter() - t0

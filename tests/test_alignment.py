@@ -42,8 +42,11 @@ def test_num_trainable_matches_closed_form(kw):
 
 def test_closed_form_hand_values():
     # per tower: instruction L*n_instr*H = 3*4*8 = 96; reparam L*(d+1)*n_id*H = 3*6*1*8 = 144;
-    # gates: L = 3 per-layer gates (gated attention, the default) or 1 scalar (joint attention)
-    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144 + 3)
+    # gates: L = 3 per-layer gates (gated attention, the default) + 3 for the instruction's own softmax,
+    # or 1 scalar (joint attention)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4) == 2 * (96 + 144 + 3 + 3)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, instruction_softmax="shared") == 2 * (96 + 144 + 3)
+    assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, use_instruction=False) == 2 * (144 + 3)
     joint = {"attention": "joint"}
     assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, **joint) == 2 * (96 + 144 + 1)
     assert RAAlignment.expected_num_params(3, 8, 5, 1, 4, gate=False, **joint) == 2 * (96 + 144)
@@ -52,7 +55,8 @@ def test_closed_form_hand_values():
     # SmolLM2 first 8 layers, H=576, SASRec d=64 (the docstring's example)
     assert RAAlignment.expected_num_params(8, 576, 64, 1, 4, gate=False, **joint) == 635_904
     assert RAAlignment(INFO, 5, gate_init=None, attention="joint").num_trainable() == 2 * (96 + 144)
-    assert RAAlignment(INFO, 5).num_trainable() == 2 * (96 + 144 + 3)
+    assert RAAlignment(INFO, 5).num_trainable() == 2 * (96 + 144 + 3 + 3)
+    assert RAAlignment(INFO, 5, instruction_softmax="shared").num_trainable() == 2 * (96 + 144 + 3)
 
 
 @pytest.mark.parametrize("layer_specific", [True, False])
@@ -178,9 +182,9 @@ def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbon
 def test_soft_prompt_changes_output_and_only_alignment_gets_gradients(backbones, name, attention):
     bb = backbones[name]
     al = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, num_instruction_tokens=2, gate_init=None, attention=attention)
-    if attention == "gated":  # every layer's gate open (they start closed except the last one's)
+    if attention == "gated":  # every layer's gate open (they start closed except the last one's), the instruction's too
         with torch.no_grad():
-            for g in al.gate.values():
+            for g in [*al.gate.values(), *al.instruction_gate.values()]:
                 g.fill_(0.5)
     tower = TwoTower(bb, al)
     assert tower.pooling == ("last" if bb.info.is_causal else "mean")
@@ -237,17 +241,29 @@ def test_gated_warmup_starts_exactly_zero_shot_and_opens_the_last_layer_first(ba
     plain = tower.encode(texts, "user", use_prefix=False)
     assert al.warmup_open == 0.0 and not al.soft_prompt_visible  # untrained: gate_offset = gate_init
     torch.testing.assert_close(tower.encode_users(texts, e), plain, rtol=0, atol=0)
-    assert al.gate["user"].tolist() == [0.0, 0.5]
-    assert al.closed_parameter_names() == {f"reparam.{t}.0.{w}" for t in ("user", "item") for w in ("weight", "bias")}
+    assert al.gate["user"].tolist() == [0.0, 0.5] and al.instruction_gate["user"].tolist() == [0.0, 0.0]
+    assert al.prefix_groups == (2, 1)  # the instruction's softmax and gates are its own
+    assert al.closed_parameter_names() == ({f"reparam.{t}.0.{w}" for t in ("user", "item") for w in ("weight", "bias")}
+                                           | {"instruction.user", "instruction.item"})
     al.gate_offset = al.gate_init / 4  # three quarters of the warm-up
     assert al.warmup_open == pytest.approx(0.75) and al.soft_prompt_visible
-    torch.testing.assert_close(al.prefix_gate("user"), torch.tensor([0.0, 0.375]))
+    torch.testing.assert_close(al.prefix_gate("user"), torch.tensor([[0.0, 0.0], [0.0, 0.375]]))
     opened = tower.encode_users(texts, e)
     assert (opened - plain).abs().max() > 1e-3
+    # with the instruction's gates closed, the random instruction vectors change nothing: the ID slot alone
+    no_instr = RAAlignment(bb.info, id_dim=6, num_id_tokens=1, use_instruction=False, last_layer_gate=0.5)
+    no_instr.load_state_dict({k: v for k, v in al.state_dict().items() if not k.startswith("instruction")})
+    no_instr.gate_offset = al.gate_offset
+    torch.testing.assert_close(TwoTower(bb, no_instr).encode_users(texts, e), opened, rtol=0, atol=1e-6)
     opened.pow(2).sum().backward()
     assert (al.gate["user"].grad != 0).all()  # the closed layer's gate learns too
+    assert (al.instruction_gate["user"].grad != 0).all()  # and so do the instruction's gates
+    assert al.instruction["user"].grad is None or al.instruction["user"].grad.abs().sum() == 0
     assert al.reparam["user"][1].weight.grad.abs().sum() > 0
     assert al.reparam["user"][0].weight.grad is None or al.reparam["user"][0].weight.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="instruction_softmax"):
+        RAAlignment(bb.info, 6, instruction_softmax="joint")
+    assert RAAlignment(bb.info, 6, instruction_softmax="shared").prefix_groups is None
     assert al.prefix_bias("user") is None and RAAlignment(bb.info, 6, attention="joint").prefix_gate("user") is None
     with pytest.raises(ValueError, match="attention must be"):
         RAAlignment(bb.info, 6, attention="sum")
@@ -274,3 +290,41 @@ def test_batched_text_only_encoding_encodes_each_distinct_text_once(backbones):
     assert sorted(x for c in calls for x in c) == ["a hat", "gold", "red shoe"]
     torch.testing.assert_close(final[2], final[0]) and torch.testing.assert_close(layers[4], layers[1])
     torch.testing.assert_close(final, real(texts, "item"), atol=1e-4, rtol=1e-4)
+
+
+def test_isometric_reparameterization_inverts_the_frozen_last_layer_path(backbones):
+    """W = top-d right singular vectors of J = diag(g_final / sigma) O R V diag(g_input), J rebuilt here
+    from the raw weight matrices (the package reads the maps by feeding the identity through them)."""
+    bb = backbones["tiny-llama"]
+    info, model = bb.info, bb.model
+    d = 6
+    al = RAAlignment(info, id_dim=d, num_id_tokens=1, use_instruction=False, last_layer_gate=0.5)
+    tower = TwoTower(bb, al, pooling="mean")
+    with pytest.raises(ValueError, match="standardisation statistics"):
+        tower.init_isometric_reparameterization()
+    items = tower.encode(["red shoe", "blue hat", "green sock!", "a yellow scarf", "black boots"], "item",
+                         use_prefix=False)
+    tower.set_standardization(items)
+    sv = tower.init_isometric_reparameterization()
+
+    block = model.layers[info.num_layers - 1]
+    rep = info.num_heads // info.num_kv_heads
+    v = block.self_attn.v_proj.weight.detach().view(info.num_kv_heads, info.head_dim, -1)
+    v = v.repeat_interleave(rep, 0).reshape(info.num_heads * info.head_dim, -1)
+    j = (model.norm.weight.detach() / tower.sigma)[:, None] * (block.self_attn.o_proj.weight.detach() @ v) \
+        * block.input_layernorm.weight.detach()[None, :]
+    s_ref = torch.linalg.svdvals(j)
+    torch.testing.assert_close(sv, s_ref, rtol=1e-4, atol=1e-5)
+    w = al.reparam["user"][info.num_layers - 1].weight.detach()
+    assert w.shape == (info.hidden_size, d)
+    torch.testing.assert_close(w.T @ w, torch.eye(d), rtol=0, atol=1e-5)  # orthonormal columns
+    gram = (j @ w).T @ (j @ w)  # J W maps SASRec's space without mixing its directions: diag(s_1^2 .. s_d^2)
+    torch.testing.assert_close(gram, torch.diag(s_ref[:d] ** 2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(al.reparam["item"][info.num_layers - 1].weight, w, rtol=0, atol=0)
+    assert al.reparam["user"][info.num_layers - 1].bias.abs().max() == 0
+    with pytest.raises(ValueError, match="LLaMA-family"):
+        g = TwoTower(backbones["tiny-gpt2"], RAAlignment(backbones["tiny-gpt2"].info, 6), pooling="mean")
+        g.init_isometric_reparameterization()
+    with pytest.raises(ValueError, match="exceeds"):
+        big = TwoTower(bb, RAAlignment(info, id_dim=info.hidden_size + 1), pooling="mean")
+        big.set_standardization(items).init_isometric_reparameterization()

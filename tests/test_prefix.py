@@ -459,6 +459,14 @@ def test_gated_prefix_layer0_by_hand(backbones, name):
     expected = g * proj((a @ v).transpose(1, 2).reshape(B, -1, nh * hd))
     torch.testing.assert_close(gated - plain, expected, rtol=1e-4, atol=1e-5)
 
+    # groups (RA-Rec's instruction slots and ID slot): slots 0-1 and slot 2 each get a softmax and a gate
+    gates = torch.tensor([[0.3, 0.9]]).expand(info.num_layers, 2)
+    grouped = _attention_output(bb, 0, ids, mask, prefixes=prefixes, prefix_gate=gates, prefix_groups=(2, 1))
+    logits = q @ k.transpose(-1, -2) / hd ** 0.5
+    head = lambda w, vv: proj((w @ vv).transpose(1, 2).reshape(B, -1, nh * hd))  # noqa: E731
+    expected = 0.3 * head(torch.softmax(logits[..., :2], -1), v[:, :, :2]) + 0.9 * head(torch.ones_like(logits[..., 2:]), v[:, :, 2:])
+    torch.testing.assert_close(grouped - plain, expected, rtol=1e-4, atol=1e-5)
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gated_prefix_gradients_reach_prefixes_and_gate_not_the_llm(backbones, name):
@@ -475,3 +483,9 @@ def test_gated_prefix_gradients_reach_prefixes_and_gate_not_the_llm(backbones, n
         forward_with_prefix(bb, ids, mask, prefixes, prefix_gate=torch.ones(bb.info.num_layers + 1))
     with pytest.raises(ValueError, match="joint attention"):
         forward_with_prefix(bb, ids, mask, prefixes, prefix_bias=0.0, prefix_gate=1.0)
+    with pytest.raises(ValueError, match="summing to P"):
+        forward_with_prefix(bb, ids, mask, prefixes, prefix_gate=torch.ones(bb.info.num_layers, 2), prefix_groups=(1, 2))
+    with pytest.raises(ValueError, match=r"prefix_gate must be \("):
+        forward_with_prefix(bb, ids, mask, prefixes, prefix_gate=gate, prefix_groups=(1, 1))
+    with pytest.raises(ValueError, match="give prefix_gate too"):
+        forward_with_prefix(bb, ids, mask, prefixes, prefix_groups=(1, 1))

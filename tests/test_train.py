@@ -198,9 +198,10 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
     with pytest.raises(RuntimeError, match=r"zero gradient: q .*tiny-llama"):
         check_gradients([("p", p), ("q", q)], backbone.info)
     check_gradients([("p", p)], backbone.info)  # fine
-    # inside training: an alignment whose instruction is cut off from the LLM fails on step 1
+    # inside training: an alignment whose instruction is cut off from the LLM fails on step 1 (in one softmax
+    # with the ID slot: with its own, still closed gates the instruction is rightly left out of the guard)
     samples, up, ip, ue, ie, cache = data
-    tower = _tower(backbone)
+    tower = _tower(backbone, instruction_softmax="shared")
     real = tower.alignment.prefixes
     tower.alignment.prefixes = lambda *a, **k: [x.detach() for x in real(*a, **k)]
     with pytest.raises(RuntimeError, match="gradient guard"):
@@ -277,3 +278,32 @@ def test_popularity_negatives_with_logq(backbone, data, tmp_path):
         want = sampled_softmax_loss(u, v, torch.tensor(targets), 1 / 64, neg, torch.as_tensor(ids),
                                     log_p[targets], log_p[torch.as_tensor(ids)])
     assert result.bpr[0] == pytest.approx(want.item(), rel=1e-4)
+
+
+def test_text_mean_user_statistics_stay_fixed_share_the_item_sigma_and_resume(backbone, data, tmp_path):
+    """``user_sigma="item"`` (the pipeline's ``user_statistics = "text"``): while the item statistics follow
+    the training, the user tower keeps its text-only mean and is scaled by the items' sigma; checkpoints
+    (which refuse tensors sharing memory) hold both, and a resumed run ends where a straight one does."""
+    samples, up, ip, ue, ie, cache = data
+    flat = dict(schedule="constant", gate_warmup=0.0, negatives=3, batch_size=4, lr=1e-2, checkpoint_every=2)
+
+    def tower():
+        t = _tower(backbone)
+        items = t.encode(ip, "item", use_prefix=False)
+        users = t.encode(up, "user", use_prefix=False)
+        return t.set_standardization(items, users, user_sigma="item"), users.mean(0)
+
+    straight, user_mean = tower()
+    _, r4 = _run(backbone, data, tmp_path / "a", TrainConfig(steps=4, **flat), straight)
+    torch.testing.assert_close(straight.stats["user"][0], user_mean, rtol=0, atol=1e-6)  # the mean did not move
+    torch.testing.assert_close(straight.stats["user"][1], straight.stats["item"][1], rtol=0, atol=0)
+    assert not torch.equal(straight.stats["item"][1], tower()[0].stats["item"][1])  # the items' sigma did
+    _run(backbone, data, tmp_path / "b", TrainConfig(steps=2, **flat), tower()[0])
+    resumed, _ = tower()
+    _, r22 = _run(backbone, data, tmp_path / "b", TrainConfig(steps=4, **flat), resumed)
+    assert r22.resumed_from == 2 and r22.total == r4.total
+    for t in ("user", "item"):
+        for a, b in zip(straight.stats[t], resumed.stats[t]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="user_sigma"):
+        straight.set_standardization(straight.stats["item"][0][None].expand(3, -1), user_sigma="users")
