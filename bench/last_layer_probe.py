@@ -16,7 +16,12 @@ Options as ``key=value`` (defaults below in ``A``): ``K`` prompt layers, ``steps
 training pairs (denoised + diversified validation pairs, as the pipeline's), ``plain=1`` without
 data construction, ``restat`` steps between recomputing the standardisation statistics,
 ``fixgate=item`` (or ``user``, ``user,item``) keeps that tower's gates where they start, ``direct=1`` the ID mapped straight to the value (no layer norm / v_proj), ``sweep=g1,g2`` evaluate
-untrained gates, ``evalevery`` steps between evaluations.
+untrained gates, ``evalevery`` steps between evaluations, ``iso=1`` the isometric start of the last layer's map
+(``instr=0``; the package's ``TwoTower.init_isometric_reparameterization``), ``ustd`` the user tower's statistics
+(``tower``: its own mean and sigma; ``item``: the items'; ``mean``: its own mean, the items' sigma; ``textmean``:
+the users' text-only mean, the items' sigma, the package's ``user_statistics = "text"``), ``decomp=1`` splits the
+untrained scores into the text part and the ID part (gated minus gate-0 states) and prints each, their sums and
+late fusions (README "Results", point 8).
 
 Usage (after the main job, whose catalogue cache in ``$MAIN_OUT``, default ``results/cpu-quick``, is reused)::
 

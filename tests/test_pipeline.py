@@ -251,6 +251,9 @@ def test_bad_values_are_refused_when_the_config_is_read(tmp_path):
                         ("[llm]\nhistory_items = -1\n", r"\[llm\] history_items = -1 must be >= 0"),
                         ("[train]\nlr = -1.0\n", r"\[train\] lr = -1.0 must be > 0"),
                         ("[train]\ntemperature = 0.0\n", r"\[train\] temperature = 0.0 must be > 0"),
+                        ('[alignment]\nreparam_init = "svd"\n', r"\[alignment\] reparam_init = 'svd' must be one of"),
+                        ('[alignment]\nuser_statistics = "own"\n', r"\[alignment\] user_statistics"),
+                        ('[alignment]\ninstruction_softmax = "joint"\n', r"\[alignment\] instruction_softmax"),
                         ('name = "../../escape"\n', r"name = '\.\./\.\./escape' must be letters")]:
         bad.write_text(text)
         with pytest.raises(ValueError, match=match):
@@ -279,3 +282,33 @@ def test_popularity_negatives_need_the_softmax_at_config_read(tmp_path):
     good = tmp_path / "ok.toml"
     good.write_text('name = "x"\n[train]\nnegative_sampling = "popularity"\nrank_loss = "softmax"\n')
     assert load_config(str(good))["train"]["negative_sampling"] == "popularity"
+
+
+def test_rarec_towers_start_isometric_with_the_text_mean_and_the_items_sigma(tmp_path):
+    """cpu-quick's RA-Rec start, built by the pipeline: the last layer's map is the isometric one (orthonormal
+    columns, the same for both towers), the instruction has its own closed gates, and the user tower keeps its
+    text-only mean while taking the item tower's sigma; ``reparam_init = "random"`` keeps the random tied map."""
+    import torch
+
+    from rarec_lite.pipeline import Experiment
+
+    cfg = tiny_config(run=["mostpop"])
+    cfg["llm"].update(pooling="mean", standardize=True)
+    run = Experiment(load_config(cfg), tmp_path, progress=False)
+    run.load_data()
+    run.load_sasrec()
+    method = METHODS["rarec"]
+    tower = run.build_tower(method)
+    al, last = tower.alignment, tower.alignment.num_layers - 1
+    w = al.reparam["user"][last].weight.detach()
+    torch.testing.assert_close(w.T @ w, torch.eye(w.shape[1]), rtol=0, atol=1e-5)
+    assert torch.equal(w, al.reparam["item"][last].weight) and al.prefix_groups == (al.num_instruction_tokens, 1)
+    assert all(bool((g == 0).all()) for g in al.instruction_gate.values())
+    assert tower.user_sigma == "item" and torch.equal(tower.stats["user"][1], tower.stats["item"][1])
+    text_users = run.user_standardization_states(method.prompts)
+    torch.testing.assert_close(tower.stats["user"][0], text_users.mean(0), rtol=0, atol=1e-5)
+    zero_shot = run.build_tower(METHODS["id_translation"])  # zero-shot towers keep each tower's own statistics
+    assert zero_shot.user_sigma == "own" and not torch.equal(zero_shot.stats["user"][1], zero_shot.stats["item"][1])
+    run.cfg["alignment"]["reparam_init"] = "random"
+    w = run.build_tower(method).alignment.reparam["user"][last].weight.detach()
+    assert (w.T @ w - torch.eye(w.shape[1])).abs().max() > 0.1
