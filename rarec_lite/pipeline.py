@@ -1006,7 +1006,8 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
                     "eval_users": int(len(run.eval_users))},
         "token_budgets": {k: cfg["llm"][k] for k in BUDGET_KEYS},
         "backbone": _backbone_facts(run), "methods": entries,
-        "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"])},
+        "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"]),
+                    "user_statistics": str(cfg["alignment"]["user_statistics"])},
         "world_size": w.size, "data_parallel": parallel,
         "calls": _record_call(out_dir, time.time() - started, w.size),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -1183,7 +1184,9 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
     if sc:
         lines += [f"LLM scores: {sc['pooling']} pooling of the final states; "
                   + ("dot product of standardised states (each tower's own fixed statistics: the catalogue's for "
-                     "items, training users' prompts for users, recomputed after training; see README)."
+                     "items, training users' prompts for users, recomputed after training"
+                     + ("; an aligned user tower keeps its text-only mean and takes the items' sigma"
+                        if sc.get("user_statistics") == "text" else "") + "; see README)."
                      if sc["standardize"] else "raw dot product."), ""]
     cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
     lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "
