@@ -51,6 +51,6 @@ if [ "$run" = 1 ]; then
     # raw Clothing files: copied from $RAREC_MIRROR when set, else downloaded (skipped when complete)
     bash data_download.sh --dataset cloth
   fi
-  echo "== running the main job: rarec-lite pipeline --config $config"
+  echo "== running rarec-lite pipeline --config $config"
   .venv/bin/rarec-lite pipeline --config "$config"
 fi

@@ -19,6 +19,11 @@ Usage (after the main job, whose cache holds the catalogue's text-only states)::
     python bench/isometric_init_probe.py --out results/cpu-quick --users 500 --variants a:0.25,a:0.5,a:1 \\
         --method rarec_no_instruction
 
+``--pipeline-start`` scores the pipeline's own untrained RA-Rec instead (``Experiment.build_tower`` with the
+config's ``[alignment]``, the warm-up opened, ``Experiment.tower_scores``): where training starts from::
+
+    python bench/isometric_init_probe.py --out results/cpu-quick --users 2000 --pipeline-start
+
 ``--method rarec`` keeps the 4 contextual-instruction slots beside the ID slot (they share its softmax);
 ``rarec_no_instruction`` has the ID slot alone, so every head and token gives it attention weight 1.
 Prints HR@10 / HR@100 / NDCG@10 for SASRec, the text alone (hybrid prompt), late fusion and each variant
@@ -65,6 +70,9 @@ def main(argv=None) -> None:
     ap.add_argument("--users", type=int, default=500, help="the first N evaluation users")
     ap.add_argument("--variants", default="a:0.5", help="comma-separated KIND:GATE, KIND a (W = V_d) or b (V_d S^-1)")
     ap.add_argument("--method", default="rarec", choices=["rarec", "rarec_no_instruction"])
+    ap.add_argument("--pipeline-start", action="store_true",
+                    help="score the pipeline's own untrained start instead (Experiment.build_tower with the config's "
+                         "[alignment], the warm-up opened, Experiment.tower_scores): what training starts from")
     args = ap.parse_args(argv)
 
     exp = Experiment(load_config(args.config), Path(args.out), progress=False)
@@ -81,6 +89,15 @@ def main(argv=None) -> None:
 
     print(f"{n} test users, {exp.dataset.num_items:,} items, full ranking, expected ties\n"
           "| method | HR@10 | HR@100 | NDCG@10 |\n|---|---:|---:|---:|")
+    if args.pipeline_start:
+        method = METHODS[args.method]
+        with torch.no_grad():
+            tower = exp.build_tower(method)
+            tower.alignment.gate_offset = 0.0  # warm-up factor 1: the gates open at their starting values
+            t0 = time.time()
+            scores = exp.tower_scores(tower, method)
+            show(f"{args.method}, the pipeline's untrained start, gates open ({time.time() - t0:.0f} s)", scores)
+        return
     with torch.no_grad():
         user_emb = exp.user_id_embeddings(exp.eval_histories).float()
         item_emb = exp.sasrec.item_embeddings().detach().float()

@@ -172,6 +172,7 @@ def load_config(name_or_path: str | Path | dict) -> dict:
         value = cfg[section][key]
         if str(value).lower() not in allowed:
             raise ValueError(f"{source}: [{section}] {key} = {value!r} must be one of {', '.join(map(repr, allowed))}")
+        cfg[section][key] = str(value).lower()  # "Isometric" means "isometric" everywhere the value is used
     for section, key, low in MINIMA:
         if cfg[section][key] < low:
             raise ValueError(f"{source}: [{section}] {key} = {cfg[section][key]!r} must be >= {low}")
@@ -1008,6 +1009,8 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         "backbone": _backbone_facts(run), "methods": entries,
         "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"]),
                     "user_statistics": str(cfg["alignment"]["user_statistics"])},
+        "alignment_start": {k: cfg["alignment"][k] for k in ("attention", "reparam_init", "instruction_softmax",
+                                                             "last_layer_gate")},
         "world_size": w.size, "data_parallel": parallel,
         "calls": _record_call(out_dir, time.time() - started, w.size),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -1188,6 +1191,13 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
                      + ("; an aligned user tower keeps its text-only mean and takes the items' sigma"
                         if sc.get("user_statistics") == "text" else "") + "; see README)."
                      if sc["standardize"] else "raw dot product."), ""]
+    st = result.get("alignment_start")
+    if st and any(e.get("kind") == "trained" for e in result["methods"].values()):
+        lines += [f"Aligned methods start from: {st['attention']} attention, the last layer's map "
+                  f"{'isometric (SASRec geometry through the frozen path)' if st['reparam_init'] == 'isometric' else 'random (tied)'}"
+                  f", its ID gate at {st['last_layer_gate']}, the contextual instruction in "
+                  f"{'a softmax with gates of its own (closed)' if st['instruction_softmax'] == 'own' else 'the ID slot softmax'}"
+                  f" ([alignment] in config.json; README, Results point 8).", ""]
     cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
     lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "
                  "soft-prompt slots/layer | trainable params | train samples | train s |")

@@ -82,6 +82,7 @@ def test_tiny_pipeline_runs_resumes_and_reports(tmp_path, capsys):
     assert saved["methods"]["tfidf_knn"]["trainable_params"] == 0
     report = (out / "report.md").read_text()
     assert "| RA-Rec |" in report and "full-ranking" in report
+    assert "the last layer's map isometric" in report and "a softmax with gates of its own" in report
     assert (out / "figures" / "metrics.png").stat().st_size > 1000
     assert (out / "figures" / "training.png").stat().st_size > 1000
 
@@ -260,6 +261,9 @@ def test_bad_values_are_refused_when_the_config_is_read(tmp_path):
             load_config(bad)
     with pytest.raises(FileNotFoundError, match="is a directory"):
         load_config(tmp_path)
+    bad.write_text('[alignment]\nreparam_init = "Isometric"\ninstruction_softmax = "Own"\n')
+    cfg = load_config(bad)  # a choice in other case means the same choice wherever it is used
+    assert (cfg["alignment"]["reparam_init"], cfg["alignment"]["instruction_softmax"]) == ("isometric", "own")
 
 
 def test_a_clash_names_the_keys_that_differ(tmp_path):
