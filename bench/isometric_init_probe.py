@@ -43,24 +43,17 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.pipeline import METHODS, Experiment, load_config
 
 
-def isometric_map(tower, d: int, divide_singular_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W (H, d), singular values (H,))``: the last layer's map from the ID embedding (width ``d``) that makes
-    ``J W`` orthogonal (``J`` in the module docstring; LLaMA-family backbones)."""
-    bb = tower.backbone
-    info, model = bb.info, bb.model
-    if info.architecture != "llama":
-        raise ValueError(f"isometric_map: LLaMA-family backbones only; got {info.architecture}")
-    block = model.layers[info.num_layers - 1]
-    attn = block.self_attn
-    nh, nkv, hd, h = info.num_heads, info.num_kv_heads, info.head_dim, info.hidden_size
-    v = attn.v_proj.weight.float().view(nkv, hd, h).repeat_interleave(nh // nkv, 0).reshape(nh * hd, h)
-    j = (model.norm.weight.float() / tower.stats["item"][1])[:, None] * (attn.o_proj.weight.float() @ v) \
-        * block.input_layernorm.weight.float()[None, :]
-    _, s, vh = torch.linalg.svd(j)
-    w = vh[:d].T.clone()
+def isometric_map(tower, divide_singular_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W (H, d), singular values (H,))``: the last layer's map from the ID embedding that makes ``J W``
+    orthogonal (the package's :meth:`rarec_lite.alignment.TwoTower.init_isometric_reparameterization`, which
+    also writes it into ``tower``), or with ``divide_singular_values`` the variant ``V_d S_d^-1`` (rescaled to
+    the same mean)."""
+    sv = tower.init_isometric_reparameterization()
+    w = tower.alignment.reparam["user"][tower.alignment.num_layers - 1].weight.detach().float().clone()
     if divide_singular_values:
-        w = w / s[:d] * s[:d].mean()
-    return w, s
+        d = w.shape[1]
+        w = w / sv[:d] * sv[:d].mean()
+    return w, sv
 
 
 def main(argv=None) -> None:
@@ -112,7 +105,7 @@ def main(argv=None) -> None:
         last = tower.alignment.num_layers - 1
         tower.alignment.gate_offset = 0.0  # warm-up factor 1: the gates are open
         # the maps from the text-only statistics, before any variant replaces them with its own
-        maps = {kind: isometric_map(tower, user_emb.shape[1], divide_singular_values=kind == "b")[0] for kind in "ab"}
+        maps = {kind: isometric_map(tower, divide_singular_values=kind == "b")[0] for kind in "ab"}
         for variant in args.variants.split(","):
             kind, gate = variant.split(":")
             w = maps[kind]

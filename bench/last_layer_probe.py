@@ -28,7 +28,7 @@ Usage (after the main job, whose catalogue cache in ``$MAIN_OUT``, default ``res
     OMP_NUM_THREADS=1 python bench/last_layer_probe.py steps=200 nsamp=12000 evalevery=100 \
         loss=softmax negpop=1 inv_t=20 restat=10 name=k1logq
 """
-import os, sys, time, json, copy, dataclasses, types
+import os, sys, time, json, copy, contextlib, dataclasses, types
 from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(int(os.environ.get("NT", "1")))
@@ -128,7 +128,8 @@ def encode(C, rows, tower, emb, grad=True):
     else:
         prefixes = al.prefixes(tower, emb)
         kv = [prefix_key_values(view, l, d, rotary=False) for l, d in enumerate(prefixes)]
-    hs = _gated_prefix_hooks(view, kv, gate)
+    groups = al.prefix_groups or (kv[0][1].shape[2],)  # the instruction's own softmax, or one over every slot
+    hs = _gated_prefix_hooks(view, kv, gate if gate.dim() == 2 else gate[:, None], groups)
     try:
         o = view_model(inputs_embeds=x, attention_mask=mask, output_hidden_states=True)
     finally:
@@ -141,14 +142,22 @@ def encode_all(C, tower, emb, rows=None, bs=256):
     rows = torch.arange(n) if rows is None else rows
     return torch.cat([encode(C, rows[s:s + bs], tower, emb[s:s + bs]) for s in range(0, n, bs)])
 
+@contextlib.contextmanager
+def gates_closed():
+    """Every gate at 0 (the text-only model) inside the block, no gradient; the gates as they were after it."""
+    with torch.no_grad():
+        g = {t: al.gate[t].detach().clone() for t in al.gate}
+        for t in al.gate: al.gate[t].zero_()
+        try:
+            yield
+        finally:
+            for t in al.gate: al.gate[t].copy_(g[t])
+
 # check: gate 0 == the plain model (pooled states of 8 items)
-with torch.no_grad():
-    g = {t: al.gate[t].detach().clone() for t in al.gate}
-    for t in al.gate: al.gate[t].zero_()
+with gates_closed():
     a = encode(C_it, torch.arange(8), "item", E[:8])
     b = zs.encode(uniq[:8], "item", max_tokens=IB)
     print("gate0 check max|diff|", (a - b).abs().max().item(), "scale", b.abs().max().item(), flush=True)
-    for t in al.gate: al.gate[t].copy_(g[t])
 
 TEXT_USER_MEAN = None
 
@@ -163,11 +172,8 @@ def stats():
     if A["ustd"] == "textmean":  # the users' text-only mean (fixed), the items' sigma on both sides
         global TEXT_USER_MEAN
         if TEXT_USER_MEAN is None:
-            g = {t: al.gate[t].detach().clone() for t in al.gate}
-            with torch.no_grad():
-                for t in al.gate: al.gate[t].zero_()
+            with gates_closed():
                 TEXT_USER_MEAN = encode_all(C_st, "user", U_st).mean(0)
-                for t in al.gate: al.gate[t].copy_(g[t])
         return (iv.mean(0), iv.std(0)), (TEXT_USER_MEAN, iv.std(0))
     if A["ustd"] == "mean":  # the users' own mean, the items' sigma on both sides
         return (iv.mean(0), iv.std(0)), (uv.mean(0), iv.std(0))
@@ -198,17 +204,13 @@ def rank_loss(u, v, vid, negs, nid):
 
 if A["iso"]:  # isometric start (bench/isometric_init_probe.py): W = V_d of the frozen path J, both towers
     assert K == 1 and A["instr"] == 0 and not A["direct"]
-    with torch.no_grad():
-        g = {t: al.gate[t].detach().clone() for t in al.gate}
-        for t in al.gate: al.gate[t].zero_()
+    with gates_closed():
         ist0, _ = stats()
-        for t in al.gate: al.gate[t].copy_(g[t])
-        lay = view_model.layers[-1]; attn = lay.self_attn; nh = bb.info.num_heads
-        v = attn.v_proj.weight.float().view(nkv, hd, H).repeat_interleave(nh // nkv, 0).reshape(nh * hd, H)
-        J = (view_model.norm.weight.float() / ist0[1])[:, None] * (attn.o_proj.weight.float() @ v) * lay.input_layernorm.weight.float()[None, :]
-        W = torch.linalg.svd(J)[2][:E.shape[1]].T.contiguous()
-        for t in ("user", "item"):
-            al.reparam[t][-1].weight.copy_(W); al.reparam[t][-1].bias.zero_()
+    with torch.no_grad():
+        top = TwoTower(view, al, exp.pooling)
+        top.stats = {"item": ist0, "user": ist0}
+        top.init_isometric_reparameterization()  # the package's map (rarec_lite.alignment), on the top-K view
+        W = al.reparam["user"][-1].weight
     print("isometric start", tuple(W.shape), flush=True)
 ist, ust = stats()
 pop = np.asarray(exp.dataset.item_popularity(), dtype=np.float64) + 1.0
@@ -224,10 +226,8 @@ if A["decomp"]:  # where the signal goes: text part, ID part (gated minus gate-0
     with torch.no_grad():
         enc_items = lambda: torch.cat([encode_all(C_it, "item", E[s:s + 2048], item_row[s:s + 2048]) for s in range(0, len(item_prompts), 2048)])
         ig, ug = enc_items(), encode_all(C_ev, "user", U_ev)
-        g = {t: al.gate[t].detach().clone() for t in al.gate}
-        for t in al.gate: al.gate[t].zero_()
-        i0, u0 = enc_items(), encode_all(C_ev, "user", U_ev)
-        for t in al.gate: al.gate[t].copy_(g[t])
+        with gates_closed():
+            i0, u0 = enc_items(), encode_all(C_ev, "user", U_ev)
         sd = ig.std(0); sd0 = i0.std(0)
         zt = ((u0 - i0.mean(0)) / sd0) @ ((i0 - i0.mean(0)) / sd0).T
         Du, Di = (ug - u0) / sd, (ig - i0) / sd
@@ -235,9 +235,8 @@ if A["decomp"]:  # where the signal goes: text part, ID part (gated minus gate-0
         full = ((ug - ig.mean(0)) / sd) @ ((ig - ig.mean(0)) / sd).T
         sas = U_ev @ E.T
         sg = encode_all(C_st, "user", U_st)  # the statistics users (training users' validation prompts), gated
-        for t in al.gate: al.gate[t].zero_()
-        s0_ = encode_all(C_st, "user", U_st)
-        for t in al.gate: al.gate[t].copy_(g[t])
+        with gates_closed():
+            s0_ = encode_all(C_st, "user", U_st)
         std_rows = [("text only, user mean + item sigma", ((u0 - s0_.mean(0)) / sd0) @ ((i0 - i0.mean(0)) / sd0).T),
                     ("text only, per-tower mean + sigma", ((u0 - s0_.mean(0)) / s0_.std(0)) @ ((i0 - i0.mean(0)) / sd0).T),
                     ("full, user mean + item sigma", ((ug - sg.mean(0)) / sd) @ ((ig - ig.mean(0)) / sd).T),

@@ -166,7 +166,7 @@ def _refuse_checkpointing_with_prefixes(model, arch: str, P: int) -> None:
         )
 
 
-def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor, groups: tuple[int, ...] | None = None) -> list:
+def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor, groups: tuple[int, ...]) -> list:
     """Hooks that add each layer's gated prefix attention to its attention output (see
     :func:`forward_with_prefix`, ``prefix_gate``). Returns the hook handles (remove them after use).
 
@@ -174,8 +174,9 @@ def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor, groups: tuple[in
     rotary embedding) attend over the ``P`` prefix slots alone, ``a = softmax(q k_P^T / sqrt(head_dim))``,
     and ``gate[l] * a v_P`` is added to the heads' output right before the layer's output projection
     (LLaMA ``o_proj``, GPT-2 ``c_proj``, BERT: the self-attention's output, before ``output.dense``).
-    The text's attention over itself is untouched. With ``groups`` (slot counts summing to ``P``) each
-    group of consecutive slots has a softmax of its own and ``gate[l, g]`` scales group ``g``'s share."""
+    The text's attention over itself is untouched. ``groups`` (slot counts summing to ``P``; ``(P,)`` for
+    one softmax over all slots): each group of consecutive slots has a softmax of its own and ``gate[l, g]``
+    (``gate``: ``(L, G)``) scales group ``g``'s share."""
     info, model = backbone.info, backbone.model
     arch, nh, hd = info.architecture, info.num_heads, info.head_dim
     rep = nh // info.num_kv_heads
@@ -190,10 +191,6 @@ def _gated_prefix_hooks(backbone, kv: list, gate: torch.Tensor, groups: tuple[in
         if rep > 1:  # grouped-query attention: each key/value head serves `rep` query heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         logits = (q.transpose(1, 2) @ k.transpose(-1, -2)).float() / hd ** 0.5  # (B, nh, T, P)
-        if groups is None:
-            a = torch.softmax(logits, dim=-1)
-            o = (a.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, nh * hd)
-            return x + gate[l].to(x.dtype) * o.to(x.dtype)
         start = 0
         for g, size in enumerate(groups):  # one softmax per group of slots, one gate per group
             if size:
@@ -328,6 +325,7 @@ def forward_with_prefix(backbone, input_ids: torch.Tensor, attention_mask: torch
             gate = gate.expand(info.num_layers) if gate.dim() == 0 else gate
             if gate.shape != (info.num_layers,):
                 raise ValueError(f"prefix_gate must be a scalar or ({info.num_layers},); got shape {tuple(gate.shape)}")
+            prefix_groups, gate = (P,), gate[:, None]  # one group: every slot in one softmax
         if P == 0:
             return forward_with_prefix(backbone, input_ids, attention_mask, None)
         kv = [prefix_key_values(backbone, l, d.to(device=device, dtype=dtype), rotary=False)
