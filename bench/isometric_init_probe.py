@@ -8,8 +8,8 @@ norm, ``v_proj``, the grouped-query expansion, ``o_proj``, the final norm and th
     J = diag(g_final / sigma_item) . O . E . V . diag(g_input)            (H x H, rank <= kv_heads * head_dim)
 
 linear up to per-token scalars (the attention weight of the slot, the RMS norms) and the layer's MLP. With
-``W = V_64`` (the top-``d`` right singular vectors of ``J``; variant ``a``) or ``V_64 S_64^-1`` (variant ``b``),
-both towers' ID parts are ``J W e``: the same scaled copy of SASRec's (cosine) geometry, so their dot product
+``W = V_64`` (the top-``d`` right singular vectors of ``J``; variant ``a``) or ``V_64 S_64^-1`` (variant ``b``,
+the package's map), both towers' ID parts are ``J W e``: the same scaled copy of SASRec's (cosine) geometry, so their dot product
 starts as SASRec's own score, next to the text's. The gates are opened (warm-up factor 1) with every layer's
 gate at 0 but the last one's at ``G``; nothing is trained. Each variant encodes the whole catalogue once
 (about 3 min on 2 idle cores for SmolLM2's first 6 layers).
@@ -43,16 +43,16 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.pipeline import METHODS, Experiment, load_config
 
 
-def isometric_map(tower, divide_singular_values: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W (H, d), singular values (H,))``: the last layer's map from the ID embedding that makes ``J W``
-    orthogonal (the package's :meth:`rarec_lite.alignment.TwoTower.init_isometric_reparameterization`, which
-    also writes it into ``tower``), or with ``divide_singular_values`` the variant ``V_d S_d^-1`` (rescaled to
-    the same mean)."""
+def isometric_map(tower, divide_singular_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W (H, d), singular values (H,))``: the last layer's isometric map from the ID embedding,
+    ``V_d S_d^-1 c`` (the package's :meth:`rarec_lite.alignment.TwoTower.init_isometric_reparameterization`,
+    which also writes it into ``tower``), or without ``divide_singular_values`` the variant ``V_d`` (the
+    package's map until session 11, which weights SASRec's directions by ``s_k^2``)."""
     sv = tower.init_isometric_reparameterization()
     w = tower.alignment.reparam["user"][tower.alignment.num_layers - 1].weight.detach().float().clone()
-    if divide_singular_values:
+    if not divide_singular_values:
         d = w.shape[1]
-        w = w / sv[:d] * sv[:d].mean()
+        w = w * sv[:d] / sv[:d].mean()
     return w, sv
 
 

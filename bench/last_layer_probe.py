@@ -17,7 +17,8 @@ training pairs (denoised + diversified validation pairs, as the pipeline's), ``p
 data construction, ``restat`` steps between recomputing the standardisation statistics,
 ``fixgate=item`` (or ``user``, ``user,item``) keeps that tower's gates where they start, ``direct=1`` the ID mapped straight to the value (no layer norm / v_proj), ``sweep=g1,g2`` evaluate
 untrained gates, ``evalevery`` steps between evaluations, ``iso=1`` the isometric start of the last layer's map
-(``instr=0``; the package's ``TwoTower.init_isometric_reparameterization``), ``ustd`` the user tower's statistics
+(``instr=0``; the package's ``TwoTower.init_isometric_reparameterization``; ``isoplain=1`` its map until
+session 11, ``W = V_d`` without the singular values divided out), ``ustd`` the user tower's statistics
 (``tower``: its own mean and sigma; ``item``: the items'; ``mean``: its own mean, the items' sigma; ``textmean``:
 the users' text-only mean, the items' sigma, the package's ``user_statistics = "text"``), ``decomp=1`` splits the
 untrained scores into the text part and the ID part (gated minus gate-0 states) and prints each, their sums and
@@ -40,7 +41,7 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.losses import bpr_loss, sampled_softmax_loss
 
 A = dict(K=1, steps=600, B=32, neg=256, lr=1e-3, gate_lr=1e-2, instr=4, gate0=0.5, loss="bpr", wd=0.0,
-         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1, iso=0, decomp=0, ustd="tower")
+         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1, iso=0, isoplain=0, decomp=0, ustd="tower")
 for kv in sys.argv[1:]:
     k, v = kv.split("=");  A[k] = type(A[k])(v) if not isinstance(A[k], str) else v
 print(A, flush=True)
@@ -211,6 +212,9 @@ if A["iso"]:  # isometric start (bench/isometric_init_probe.py): W = V_d of the 
         top.stats = {"item": ist0, "user": ist0}
         top.init_isometric_reparameterization()  # the package's map (rarec_lite.alignment), on the top-K view
         W = al.reparam["user"][-1].weight
+        if A["isoplain"]:  # the package's map until session 11: W = V_d (SASRec's direction k weighted by s_k^2)
+            sv = top.init_isometric_reparameterization(); d = W.shape[1]
+            for t in al.reparam: al.reparam[t][-1].weight.mul_(sv[:d] / sv[:d].mean())
     print("isometric start", tuple(W.shape), flush=True)
 ist, ust = stats()
 pop = np.asarray(exp.dataset.item_popularity(), dtype=np.float64) + 1.0

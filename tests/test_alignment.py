@@ -317,9 +317,14 @@ def test_isometric_reparameterization_inverts_the_frozen_last_layer_path(backbon
     torch.testing.assert_close(sv, s_ref, rtol=1e-4, atol=1e-5)
     w = al.reparam["user"][info.num_layers - 1].weight.detach()
     assert w.shape == (info.hidden_size, d)
-    torch.testing.assert_close(w.T @ w, torch.eye(d), rtol=0, atol=1e-5)  # orthonormal columns
-    gram = (j @ w).T @ (j @ w)  # J W maps SASRec's space without mixing its directions: diag(s_1^2 .. s_d^2)
-    torch.testing.assert_close(gram, torch.diag(s_ref[:d] ** 2), rtol=1e-4, atol=1e-4)
+    c = s_ref[:d].mean()
+    # W = V_d S_d^-1 c: orthogonal columns of norms c / s_k, and J W = c U_d, so (J W)^T (J W) = c^2 I: the
+    # ID part's dot product is c^2 times SASRec's, no direction of SASRec's space weighted more than another
+    torch.testing.assert_close(w.T @ w, torch.diag((c / s_ref[:d]) ** 2), rtol=1e-4, atol=1e-5)
+    gram = (j @ w).T @ (j @ w)
+    torch.testing.assert_close(gram, c ** 2 * torch.eye(d), rtol=1e-4, atol=1e-4)
+    e_u, e_i = torch.randn(d), torch.randn(d)
+    torch.testing.assert_close((j @ w @ e_u) @ (j @ w @ e_i), c ** 2 * (e_u @ e_i), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(al.reparam["item"][info.num_layers - 1].weight, w, rtol=0, atol=0)
     assert al.reparam["user"][info.num_layers - 1].bias.abs().max() == 0
     with pytest.raises(ValueError, match="LLaMA-family"):
