@@ -29,8 +29,9 @@ stages of the main job, per precision:
   for the alignment's loss; the prefixes come from one Linear, the stand-in for RA-Rec's
   alignment module).
 
-Precisions: fp32, NF4 (fp32 compute, as ``load_backbone`` does on CPU) and bf16 (the fp32
-weights cast to bfloat16) where the CPU has native bf16 (``avx512_bf16`` in ``/proc/cpuinfo``);
+Precisions: fp32, NF4 (fp32 compute, as ``load_backbone`` does on CPU) and bf16
+(``load_backbone(quantization="bf16")``) where the CPU has native bf16 (``avx512_bf16`` or ``amx_bf16``
+in ``/proc/cpuinfo``: ``rarec_lite.llm.cpu_has_native_bf16``, what ``[llm] quantization = "auto"`` reads);
 else the bf16 row says ``skipped: no avx512_bf16``. "Trains correctly" is checked in the same
 run: the train step runs after a no-grad pass (as in the pipeline); the prefix source's
 gradient must be finite and non-zero, no 4-bit layer may be on bitsandbytes' repacked path
@@ -48,7 +49,7 @@ import time
 import torch
 
 from rarec_lite import paths
-from rarec_lite.llm import load_backbone
+from rarec_lite.llm import cpu_has_native_bf16, load_backbone
 from rarec_lite.prefix import forward_with_prefix, pool
 
 BATCH, SEQ, PREFIX = 16, 64, 4
@@ -112,15 +113,6 @@ MAIN_JOB = dict(name="smollm2-135m", max_layers=6, item_batch=64, item_tokens=24
                 user_batch=16, user_tokens=64, prefix=5)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when ``/proc/cpuinfo`` lists ``avx512_bf16`` (native bf16 dot products)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in fh)
-    except OSError:
-        return False
-
-
 def _tokens(bb, batch: int, length: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, len(bb.tokenizer), (batch, length), generator=g)
@@ -134,13 +126,8 @@ def setup_main_job(precision: str, fp32_ref: dict | None = None) -> dict:
     from rarec_lite.llm import untrainable_4bit_layers
 
     cfg = MAIN_JOB
-    bb = load_backbone(cfg["name"], quantization="nf4" if precision == "nf4" else None,
+    bb = load_backbone(cfg["name"], quantization=None if precision == "fp32" else precision,
                        device="cpu", max_layers=cfg["max_layers"])
-    if precision == "bf16":
-        from rarec_lite.llm import _count_bytes_and_params
-
-        bb.model.to(torch.bfloat16)
-        bb.info.weight_bytes = _count_bytes_and_params(bb.model)[1]
     L, H, P = bb.info.num_layers, bb.info.hidden_size, cfg["prefix"]
     item_ids, item_mask = _tokens(bb, cfg["item_batch"], cfg["item_tokens"], 1)
     u_ids, u_mask = _tokens(bb, cfg["user_batch"], cfg["user_tokens"], 2)

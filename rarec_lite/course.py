@@ -357,8 +357,9 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
 
         main = load_config("cpu-quick")  # full mode is the README's main job: notebooks and pipeline agree
         # on a CPU the main job's own precision (cpu-quick, chosen by measurement); on a GPU the hardware's (NF4)
-        cpu_quant = None if str(main["llm"]["quantization"]).lower() in ("none", "", "fp32") else main["llm"]["quantization"]
-        quant = cpu_quant if hw.device == "cpu" else hw.quantization
+        from rarec_lite.llm import resolve_precision
+
+        quant = resolve_precision(main["llm"]["quantization"], "cpu") if hw.device == "cpu" else hw.quantization
         base = CourseSettings(False, hw.device, quant, main["llm"]["name"], main["data"]["max_users"] or None,
                               main["sasrec"]["epochs"], main["train"]["steps"], main["train"]["batch_size"],
                               main["eval"]["num_users"],

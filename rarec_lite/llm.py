@@ -77,7 +77,7 @@ SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_NAME = "minilm"
 TINY_NAMES = ("tiny-llama", "tiny-gpt2", "tiny-bert")
-QUANTIZATIONS = ("nf4", "int8", None)
+QUANTIZATIONS = ("nf4", "int8", "bf16", None)
 
 # model_type (from config.json) -> our architecture family. The prefix code in
 # rarec_lite.prefix handles one family per entry here.
@@ -191,9 +191,42 @@ def gpu_has_native_bf16(device: str = "cuda") -> bool:
     return major >= 8
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 dot products natively: ``avx512_bf16`` or ``amx_bf16`` among
+    the flags of ``/proc/cpuinfo`` (Linux; ``False`` where that file is missing). Elsewhere torch
+    emulates bf16 on a CPU, slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and {"avx512_bf16", "amx_bf16"} & set(line.split()) for line in fh)
+    except OSError:
+        return False
+
+
+def resolve_precision(quantization: str | None, device: str = "auto") -> str | None:
+    """The precision a config's ``[llm] quantization`` means on this machine, as
+    :func:`load_backbone` takes it: ``"nf4"``, ``"int8"``, ``"bf16"`` or ``None`` (fp32).
+
+    ``"auto"`` picks by measurement (README, "Hardware"; ``bench/bench_llm.py --main-job``): on a GPU
+    NF4 (the course's 4-bit lesson: memory); on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`) bf16 weights and activations (there the main job's encoding took
+    0.52x and a training step 0.66x of fp32's time, gradient cosine 0.999 to fp32's); on any other
+    CPU fp32 (NF4 dequantizes every weight at every matmul there: 1.1-1.3x slower than fp32).
+    ``"none"``, ``""`` and ``"fp32"`` mean ``None``; any other value is returned lower-cased.
+    """
+    q = "none" if quantization is None else str(quantization).lower()
+    if q in ("none", "", "fp32"):
+        return None
+    if q != "auto":
+        return q
+    if resolve_device(device).startswith("cuda"):
+        return "nf4"
+    return "bf16" if cpu_has_native_bf16() else None
+
+
 def compute_dtype_for(device: str, quantization: str | None, model_type: str | None = None) -> torch.dtype:
     """Activation (compute) dtype of a backbone.
 
+    * ``"bf16"`` (bf16 weights, no quantization): bf16 anywhere.
     * CPU, or full precision anywhere: fp32.
     * GPU, int8: fp16 (LLM.int8()'s kernels want fp16).
     * GPU, NF4: bf16 when the GPU has it natively (:func:`gpu_has_native_bf16`: compute capability
@@ -203,12 +236,14 @@ def compute_dtype_for(device: str, quantization: str | None, model_type: str | N
 
     Args:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
-        quantization: ``"nf4"``, ``"int8"`` or ``None``.
+        quantization: ``"nf4"``, ``"int8"``, ``"bf16"`` or ``None``.
         model_type: the checkpoint's ``config.model_type`` (e.g. ``"qwen2"``), for the overflow guard.
 
     Returns:
         ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``.
     """
+    if quantization == "bf16":
+        return torch.bfloat16
     if quantization is None or not device.startswith("cuda"):
         return torch.float32
     overflow = FP16_OVERFLOW_FAMILIES.get(str(model_type))
@@ -228,10 +263,11 @@ def compute_dtype_for(device: str, quantization: str | None, model_type: str | N
 
 
 def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    if quantization is None:
+    if quantization not in ("nf4", "int8", "bf16", None):
+        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None "
+                         "('auto' is a config value: resolve it with resolve_precision first)")
+    if quantization in (None, "bf16"):
         return None
-    if quantization not in ("nf4", "int8"):
-        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizationUnavailable(
             f"quantization={quantization!r} needs the bitsandbytes package, which is not installed. "
@@ -636,7 +672,8 @@ def load_backbone(
         name_or_path: ``"smollm2-135m"``, ``"minilm"``, ``"tiny-llama"``/``"tiny-gpt2"``/
             ``"tiny-bert"``, a local directory, or a hub id (see the module docstring).
         quantization: ``"nf4"`` (4-bit NormalFloat, double quantization), ``"int8"``
-            (LLM.int8()) or ``None`` (fp32).
+            (LLM.int8()), ``"bf16"`` (weights and activations in bfloat16, no quantization: the
+            fastest on CPUs with native bf16, :func:`resolve_precision`) or ``None`` (fp32).
         device: ``"auto"`` (cuda if available else cpu), ``"cpu"`` or ``"cuda[:i]"``.
         max_layers: keep only the first k transformer layers (None = all).
         trust_remote_code: passed to ``from_pretrained``; off by default, never needed for the
@@ -662,7 +699,8 @@ def load_backbone(
     t0 = time.perf_counter()
     library_bars_off_in_kernel()  # a saved notebook would keep transformers' widget bars at 0%
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8' or None")
+        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None ('auto' is a "
+                         "config value: resolve it with rarec_lite.llm.resolve_precision first)")
     device = resolve_device(device)
     _quantization_config(quantization, torch.float32)  # bitsandbytes missing: say so before any load
     source, is_local = _resolve_source(name_or_path, seed)
@@ -701,7 +739,7 @@ def load_backbone(
         kwargs["dtype"] = compute_dtype
         kwargs["device_map"] = {"": device}
     else:
-        kwargs["dtype"] = torch.float32
+        kwargs["dtype"] = compute_dtype  # fp32, or bf16 for quantization="bf16"
     if max_layers is not None:  # the dropped layers' weights are "unexpected": expected here
         import transformers
 
@@ -713,7 +751,7 @@ def load_backbone(
             raise
         raise _download_error(name_or_path, exc) from exc
     except (RuntimeError, NotImplementedError, ImportError) as exc:
-        if quantization is None:
+        if quantization in (None, "bf16"):
             raise
         raise QuantizationUnavailable(
             f"loading {name_or_path!r} with quantization={quantization!r} on {device} failed "
@@ -723,7 +761,7 @@ def load_backbone(
         # LLM.int8() casts fp32 activations to fp16 for its int8 matmul and logs it on every
         # call; the behaviour is documented above, so say it once here instead.
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
-    if quantization is None:
+    if quantization in (None, "bf16"):
         model.to(device)
     model.eval()
     for p in model.parameters():

@@ -237,7 +237,7 @@ def results_dir(cfg: dict, out: str | Path, default_dataset: str | None = None) 
     return Path(out) / "results" / f"{cfg['name']}{suffix}"
 
 
-CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8")),
+CHOICES = [("llm", "pooling", ("", "last", "mean")), ("llm", "quantization", ("none", "", "fp32", "nf4", "int8", "bf16", "auto")),
            ("alignment", "attention", ("gated", "joint")),
            ("alignment", "reparam_init", ("random", "isometric")),
            ("alignment", "instruction_softmax", ("own", "shared")),
@@ -410,11 +410,14 @@ class Experiment:
     @property
     def backbone(self):
         if self._backbone is None:
-            from rarec_lite.llm import load_backbone
+            from rarec_lite.llm import load_backbone, resolve_precision
 
             llm = self.cfg["llm"]
-            quant = None if str(llm["quantization"]).lower() in ("none", "", "fp32") else llm["quantization"]
-            _log(f"LLM: loading {llm['name']} (quantization={quant}, max_layers={llm['max_layers'] or 'all'})")
+            quant = resolve_precision(llm["quantization"])
+            why = f" ([llm] quantization = \"auto\" on this {'GPU' if quant == 'nf4' else 'CPU'})" \
+                if str(llm["quantization"]) == "auto" else ""
+            _log(f"LLM: loading {llm['name']} (quantization={quant or 'none, fp32'}{why}, "
+                 f"max_layers={llm['max_layers'] or 'all'})")
             with distributed.main_first():  # each rank its own copy; rank 0 first fills the model cache
                 self._backbone = load_backbone(llm["name"], quantization=quant,
                                                max_layers=llm["max_layers"] or None, seed=self.seed)

@@ -33,7 +33,11 @@ def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "QUICK mode" in out and "synthetic toy data" in out and "data source: real data not found" in out
     f = course.settings(False, hw, verbose=False, eval_users=10)
-    assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", None, None, 10)
+    from rarec_lite.llm import cpu_has_native_bf16
+
+    # full mode on a CPU: the main job's "auto" precision, bf16 where this CPU has it natively, else fp32
+    want = "bf16" if cpu_has_native_bf16() else None
+    assert (f.backbone, f.quantization, f.max_users, f.eval_users) == ("smollm2-135m", want, None, 10)
     assert (q.pooling, q.standardize) == (f.pooling, f.standardize) == ("mean", True)  # as in cpu-quick
     with pytest.raises(TypeError, match="unknown field"):
         course.settings(True, hw, verbose=False, epochs=3)
@@ -568,6 +572,10 @@ def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatc
     hw = course.Hardware("cpu", "nf4", None, None, 2, False, "test")
     full = course.experiment(course.settings(False, hw, verbose=False))
     want = pipeline.load_config("cpu-quick")
+    from rarec_lite.llm import resolve_precision
+
+    # the precision as "auto" resolves on this CPU (bf16 or fp32): the same backbone the pipeline loads
+    want["llm"]["quantization"] = resolve_precision(want["llm"]["quantization"], "cpu") or "none"
     for section in ("llm", "train", "eval", "alignment", "sasrec"):
         assert full.cfg[section] == want[section], section
     assert full.cfg["data"] == {**want["data"], "dataset": "toy"}

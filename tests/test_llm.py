@@ -322,3 +322,40 @@ def test_load_backbone_passes_the_model_family_to_the_dtype_gate(monkeypatch):
     monkeypatch.setattr(llm, "compute_dtype_for", lambda d, q, t=None: seen.append((d, q, t)) or real(d, q, t))
     bb = load_backbone("tiny-gpt2", quantization="nf4", device="cpu")
     assert seen == [("cpu", "nf4", "gpt2")] and bb.info.compute_dtype == "float32"
+
+
+def test_bf16_backbone_and_the_auto_precision(monkeypatch, tmp_path):
+    """``quantization="bf16"``: bf16 weights and activations, close to fp32; ``"auto"`` (cpu-quick) resolves to
+    NF4 on a GPU, bf16 on a CPU whose /proc/cpuinfo flags list avx512_bf16 or amx_bf16, fp32 elsewhere."""
+    full = load_backbone("tiny-llama", quantization=None)
+    half = load_backbone("tiny-llama", quantization="bf16")
+    assert half.info.quantization == "bf16" and half.info.compute_dtype == "bfloat16"
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert half.info.weight_bytes < 0.6 * full.info.weight_bytes
+    ref, _ = _hidden(full, ["a red leather shoe"])
+    out, _ = _hidden(half, ["a red leather shoe"])
+    cos = torch.nn.functional.cosine_similarity(out[-1][0].float(), ref[-1][0], dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(out[-1].float(), ref[-1])
+    with pytest.raises(ValueError, match="resolve_precision"):
+        load_backbone("tiny-llama", quantization="auto")
+
+    flags = {"now": "fpu sse avx2 avx512f"}
+    real_open = open
+
+    def fake_open(path, *a, **k):
+        if str(path) == "/proc/cpuinfo":
+            info = tmp_path / "cpuinfo"
+            info.write_text(f"processor\t: 0\nflags\t\t: {flags['now']}\n")
+            return real_open(info, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert not llm.cpu_has_native_bf16() and llm.resolve_precision("auto", "cpu") is None
+    flags["now"] += " avx512_bf16"
+    assert llm.cpu_has_native_bf16() and llm.resolve_precision("AUTO", "cpu") == "bf16"
+    flags["now"] = "fpu amx_bf16 amx_tile"
+    assert llm.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU: NF4, whatever the CPU
+    assert llm.resolve_precision("auto", "cuda") == "nf4" and llm.resolve_precision("auto") == "nf4"
+    assert [llm.resolve_precision(q, "cpu") for q in (None, "", "none", "FP32", "nf4", "bf16")] == \
+        [None, None, None, None, "nf4", "bf16"]

@@ -210,12 +210,12 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
 
 
 @pytest.mark.parametrize("attention", ["gated", "joint"])
-@pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16")])
+@pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16"), ("bf16", "this")])
 def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization, cpu, attention, request):
     # the pipeline's order: a no-grad pass first (standardisation statistics), then training. On CPUs
     # with AVX512-BF16, bitsandbytes 0.50.2 used to repack 4-bit weights on that pass and pass no
     # gradient afterwards; load_backbone switches that path off, and the guard would catch it.
-    if quantization:
+    if quantization == "nf4":
         pytest.importorskip("bitsandbytes")
     if cpu == "avx512_bf16":  # bitsandbytes as on such a CPU (conftest.amx_cpu: its repacked, gradient-less path)
         calls = request.getfixturevalue("amx_cpu")
@@ -237,8 +237,12 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
     cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, negatives=4)
     train_alignment(tower, samples, up, ip, ue, ie, cache, cfg, tmp_path / "run", progress=False)
     moved = {k: float((v - start[k]).abs().max()) for k, v in tower.alignment.state_dict().items()}
-    # every tensor moved: the instruction and the gate only learn through the (4-bit) LLM layers
+    # every tensor moved: the instruction and the gate only learn through the (4-bit / bf16) LLM layers
     assert all(m > 0 for m in moved.values()), moved
+    # the trainable parameters stay fp32 whatever the backbone's precision (AdamW on bf16 weights would round
+    # most updates away); only the activations they feed are cast
+    assert {v.dtype for v in tower.alignment.state_dict().values()} == {torch.float32}
+    assert tower.dtype == (torch.bfloat16 if quantization == "bf16" else torch.float32)
     if cpu == "avx512_bf16":
         assert calls == []  # load_backbone kept every 4-bit layer off the repacked kernel
 
