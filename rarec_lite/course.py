@@ -85,9 +85,11 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
     """Pick the device and the precision of the frozen LLM, and say why.
 
     GPU present: ``cuda`` + NF4 (4-bit weights, bf16/fp16 compute) so that a 7B model fits a
-    16 GB card. No GPU: ``cpu`` + full precision (fp32): on a CPU NF4 saves memory, not time
-    (bitsandbytes dequantizes every weight at every matmul; a RA-Rec training step measured 1.28x
-    slower in NF4, ``bench/bench_llm.py --main-job``); NF4 stays an option and notebook 03's lesson.
+    16 GB card. No GPU: ``cpu`` + bf16 where the CPU computes bf16 natively, else full precision
+    (fp32), the main job's ``[llm] quantization = "auto"`` (:func:`rarec_lite.llm.resolve_precision`):
+    on a CPU NF4 saves memory, not time (bitsandbytes dequantizes every weight at every matmul; a
+    RA-Rec training step measured 1.1-1.3x slower in NF4, bf16 0.66x of fp32's time on a CPU with
+    ``avx512_bf16``, ``bench/bench_llm.py --main-job``); NF4 stays an option and notebook 03's lesson.
 
     Args:
         verbose: print the choice and the reason.
@@ -98,7 +100,7 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
     """
     import torch
 
-    from rarec_lite.llm import gpu_has_native_bf16
+    from rarec_lite.llm import gpu_has_native_bf16, resolve_precision
 
     if force_cpu is None:
         force_cpu = bool(os.environ.get("RAREC_FORCE_CPU"))
@@ -116,10 +118,13 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
         )
     else:
         why = "RAREC_FORCE_CPU is set" if force_cpu and torch.cuda.is_available() else "no GPU found"
+        quant = resolve_precision("auto", "cpu")
         hw = Hardware(
-            "cpu", None, None, None, cpus, colab,
-            f"{why}: running on the CPU ({cpus} cores). The frozen LLM is loaded in full precision (fp32): "
-            "on a CPU 4-bit NF4 weights save memory but cost time (notebook 03 measures both); "
+            "cpu", quant, None, None, cpus, colab,
+            f"{why}: running on the CPU ({cpus} cores). The frozen LLM is loaded in "
+            + ("bf16 (this CPU computes bf16 natively: about 2x faster than fp32)" if quant == "bf16" else
+               "full precision (fp32; this CPU has no native bf16)")
+            + ": on a CPU 4-bit NF4 weights save memory but cost time (notebook 03 measures both); "
             "expect minutes, not seconds."
             + (" On Colab: Runtime > Change runtime type > T4 GPU." if colab else ""),
         )
@@ -336,7 +341,7 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
     Quick mode: ``tiny-llama`` unquantized, a 300-user slice, 2 SASRec epochs, 12 alignment
     steps of 8 pairs, 100 evaluation users, and torch limited to 1 thread (tiny tensors).
     Full mode: the sizes of the pipeline's ``cpu-quick`` config (the README's main job): SmolLM2-135M
-    (fp32 on a CPU, NF4 on a GPU; on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
+    (bf16 or fp32 on a CPU as ``[llm] quantization = "auto"`` picks, NF4 on a GPU; on a CPU only its first layers, as that config says), all 39,387 users, its SASRec epochs
     and alignment steps, and the LLM paradigms scored on its fixed random sample of test users
     against the whole catalogue (SASRec and MostPop on every user). Any field can be overridden by keyword.
     ``dataset`` (the notebooks' papermill parameter) is any dataset name; its raw files are looked up by

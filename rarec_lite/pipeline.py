@@ -1200,7 +1200,7 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
                   f"{'isometric (SASRec geometry through the frozen path)' if st['reparam_init'] == 'isometric' else 'random (tied)'}"
                   f", its ID gate at {st['last_layer_gate']}, the contextual instruction in "
                   f"{'a softmax with gates of its own (closed)' if st['instruction_softmax'] == 'own' else 'the ID slot softmax'}"
-                  f" ([alignment] in config.json; README, Results point 8).", ""]
+                  f" ([alignment] in config.json; README, Results points 8 and 9).", ""]
     cols = ["HR@10", "HR@20", "HR@50", "HR@100", "NDCG@10", "NDCG@100", "MRR"]
     lines.append("| method | " + " | ".join(cols) + " | NDCG@10 vs SASRec (95% CI) | prompt tokens | "
                  "soft-prompt slots/layer | trainable params | train samples | train s |")

@@ -18,7 +18,10 @@ from rarec_lite import course, exercises, plots
 def test_settings_quick_and_full(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("RAREC_FORCE_CPU", "1")
     hw = course.detect_hardware()
-    assert hw.device == "cpu" and hw.quantization is None and "CPU" in capsys.readouterr().out
+    from rarec_lite.llm import cpu_has_native_bf16
+
+    assert hw.device == "cpu" and hw.quantization == ("bf16" if cpu_has_native_bf16() else None)
+    assert "CPU" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here
     monkeypatch.setenv("RAREC_MIRROR", str(tmp_path / "nothing"))
     monkeypatch.setattr(course, "locate_raw", lambda dataset="cloth": (None, "real data not found"))
