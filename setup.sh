@@ -4,7 +4,7 @@
 #
 #   bash setup.sh            set up, then run `rarec-lite pipeline --config cpu-quick`
 #   bash setup.sh --no-run   set up only
-#   bash setup.sh --config=ci-tiny   a smoke run (under a minute) instead of the main job
+#   bash setup.sh --config=ci-tiny   a smoke run (1-2 minutes) instead of the main job
 #
 # Raw data comes from $RAREC_MIRROR when set (a classroom mirror, e.g. ../shared/data),
 # otherwise data_download.sh fetches it. Use PYTHON=python3.11 to pick the interpreter.

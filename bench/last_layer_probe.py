@@ -20,7 +20,8 @@ untrained gates, ``evalevery`` steps between evaluations, ``iso=1`` the isometri
 (``instr=0``; the package's ``TwoTower.init_isometric_reparameterization``; ``isoplain=1`` its map until
 session 11, ``W = V_d`` without the singular values divided out), ``ustd`` the user tower's statistics
 (``tower``: its own mean and sigma; ``item``: the items'; ``mean``: its own mean, the items' sigma; ``textmean``:
-the users' text-only mean, the items' sigma, the package's ``user_statistics = "text"``), ``decomp=1`` splits the
+the users' text-only mean, the items' sigma, the package's ``user_statistics = "text"``), ``quant`` the LLM's precision (``none`` = fp32, the default; ``auto`` as ``cpu-quick``), ``split=valid`` scores the same users' validation items instead of their test items (history ``s[:-2]``,
+target ``s[-2]``: a held-out choice of e.g. the starting gate), ``decomp=1`` splits the
 untrained scores into the text part and the ID part (gated minus gate-0 states) and prints each, their sums and
 late fusions (README "Results", point 8).
 
@@ -41,7 +42,7 @@ from rarec_lite.metrics import metrics_from_ranks
 from rarec_lite.losses import bpr_loss, sampled_softmax_loss
 
 A = dict(K=1, steps=600, B=32, neg=256, lr=1e-3, gate_lr=1e-2, instr=4, gate0=0.5, loss="bpr", wd=0.0,
-         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1, iso=0, isoplain=0, decomp=0, ustd="tower")
+         restat=50, seed=0, plain=0, direct=0, vscale=1.0, sweep="", inv_t=1.0, nsamp=2400, negpop=0, fixgate="", name="k1", evalevery=0, scale=0.0, tie=1, iso=0, isoplain=0, decomp=0, ustd="tower", split="test", quant="none")
 for kv in sys.argv[1:]:
     k, v = kv.split("=");  A[k] = type(A[k])(v) if not isinstance(A[k], str) else v
 print(A, flush=True)
@@ -50,10 +51,14 @@ OUT = Path(os.environ.get("PROBE_OUT", "results/last-layer-probe")); CACHE = OUT
 CACHE.mkdir(parents=True, exist_ok=True)
 MAIN = Path(os.environ.get("MAIN_OUT", "results/cpu-quick"))  # the main job: its catalogue cache is reused
 cfg = load_config("cpu-quick"); cfg["train"]["samples"] = A["nsamp"]
+cfg["llm"]["quantization"] = A["quant"]  # fp32 by default, as the cached layer inputs in $PROBE_OUT/inputs were made
 out = OUT / "run"; (out / "cache").mkdir(parents=True, exist_ok=True)
 for f in ["item_text_states.safetensors", "text_cache_constructed.safetensors"]:
     if not (out / "cache" / f).exists() and (MAIN / "cache" / f).exists(): os.symlink((MAIN / "cache" / f).resolve(), out / "cache" / f)
 exp = Experiment(cfg, out, progress=False); exp.load_data(); exp.load_sasrec()
+if A["split"] == "valid":  # the same users' validation item (history s[:-2], target s[-2]): a held-out choice
+    exp.eval_histories = [np.asarray(exp.split.valid_history[u]) for u in exp.eval_users]
+    exp.eval_targets = np.asarray([exp.split.valid_target[u] for u in exp.eval_users])
 m = METHODS["rarec"]; bb = exp.backbone; L = bb.info.num_layers; K = A["K"]; H = bb.info.hidden_size
 llm = cfg["llm"]; UB, IB = int(llm["user_max_tokens"]), int(llm["item_max_tokens"])
 zs = TwoTower(bb, None, exp.pooling)
@@ -83,7 +88,7 @@ item_row = torch.as_tensor([row[t] for t in item_prompts])
 C_tr = cache_inputs(train_prompts, UB, "train_users" + ("_plain" if A["plain"] else "") + (f"_{A['nsamp']}" if A["nsamp"] != 2400 else ""))
 C_it = cache_inputs(uniq, IB, "items")
 eval_prompts = [p.text for p in exp.eval_prompts(m)]
-C_ev = cache_inputs(eval_prompts, UB, "eval_users")
+C_ev = cache_inputs(eval_prompts, UB, "eval_users" if A["split"] == "test" else "valid_users")
 st_prompts, st_hist = exp.stats_prompts(m.prompts)
 C_st = cache_inputs(st_prompts, UB, "stats_users")
 
@@ -220,6 +225,8 @@ ist, ust = stats()
 pop = np.asarray(exp.dataset.item_popularity(), dtype=np.float64) + 1.0
 popq = pop / pop.sum(); logq = torch.as_tensor(np.log(popq * len(popq)), dtype=torch.float32)
 if A["sweep"]:
+    r, t = exp.rank(U_ev @ E.T); met = metrics_from_ranks(r, [10, 100], tied=t)
+    print(f"SASRec on these targets ({A['split']}): HR@10 {met['HR@10']:.4f} HR@100 {met['HR@100']:.4f} NDCG@10 {met['NDCG@10']:.4f}", flush=True)
     for gv in [float(x) for x in A["sweep"].split(",")]:
         with torch.no_grad():
             for t in al.gate: al.gate[t].fill_(gv)

@@ -64,7 +64,8 @@ class Hardware:
 
     Attributes:
         device: ``"cuda"`` or ``"cpu"``.
-        quantization: ``"nf4"`` (4-bit NormalFloat, bitsandbytes) or ``None`` (full precision).
+        quantization: ``"nf4"`` (4-bit NormalFloat, bitsandbytes; a GPU), ``"bf16"`` (a CPU with native
+            bf16) or ``None`` (full precision, fp32): :func:`rarec_lite.llm.resolve_precision` of ``"auto"``.
         gpu_name: the GPU's name, or ``None``.
         gpu_memory_gib: total GPU memory in GiB (2**30 bytes), or ``None``.
         cpu_count: logical CPU cores.
@@ -122,7 +123,7 @@ def detect_hardware(verbose: bool = True, force_cpu: bool | None = None) -> Hard
         hw = Hardware(
             "cpu", quant, None, None, cpus, colab,
             f"{why}: running on the CPU ({cpus} cores). The frozen LLM is loaded in "
-            + ("bf16 (this CPU computes bf16 natively: about 2x faster than fp32)" if quant == "bf16" else
+            + ("bf16 (this CPU computes bf16 natively: encoding about 1.9x and training about 1.5x faster than fp32)" if quant == "bf16" else
                "full precision (fp32; this CPU has no native bf16)")
             + ": on a CPU 4-bit NF4 weights save memory but cost time (notebook 03 measures both); "
             "expect minutes, not seconds."

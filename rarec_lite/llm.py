@@ -211,13 +211,19 @@ def resolve_precision(quantization: str | None, device: str = "auto") -> str | N
     (:func:`cpu_has_native_bf16`) bf16 weights and activations (there the main job's encoding took
     0.52x and a training step 0.66x of fp32's time, gradient cosine 0.999 to fp32's); on any other
     CPU fp32 (NF4 dequantizes every weight at every matmul there: 1.1-1.3x slower than fp32).
-    ``"none"``, ``""`` and ``"fp32"`` mean ``None``; any other value is returned lower-cased.
+    ``"none"``, ``""`` and ``"fp32"`` mean ``None``; ``"nf4"``, ``"int8"`` and ``"bf16"`` are returned
+    lower-cased.
+
+    Raises:
+        ValueError: any other value (named in the message).
     """
     q = "none" if quantization is None else str(quantization).lower()
     if q in ("none", "", "fp32"):
         return None
-    if q != "auto":
+    if q in ("nf4", "int8", "bf16"):
         return q
+    if q != "auto":
+        raise ValueError(f"quantization={quantization!r}: expected 'auto', 'nf4', 'int8', 'bf16', 'fp32' or 'none'")
     if resolve_device(device).startswith("cuda"):
         return "nf4"
     return "bf16" if cpu_has_native_bf16() else None

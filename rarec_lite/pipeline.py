@@ -414,9 +414,7 @@ class Experiment:
 
             llm = self.cfg["llm"]
             quant = resolve_precision(llm["quantization"])
-            why = f" ([llm] quantization = \"auto\" on this {'GPU' if quant == 'nf4' else 'CPU'})" \
-                if str(llm["quantization"]) == "auto" else ""
-            _log(f"LLM: loading {llm['name']} (quantization={quant or 'none, fp32'}{why}, "
+            _log(f"LLM: loading {llm['name']} (quantization={quant or 'none, fp32'}, "
                  f"max_layers={llm['max_layers'] or 'all'})")
             with distributed.main_first():  # each rank its own copy; rank 0 first fills the model cache
                 self._backbone = load_backbone(llm["name"], quantization=quant,
@@ -939,8 +937,17 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         if bad or not add_methods:
             raise ValueError(f"unknown or no method(s) to add: {bad or add_methods} (known: {', '.join(METHODS)})")
         cfg["methods"]["run"] = list(dict.fromkeys([*cfg["methods"]["run"], *add_methods]))
+    from rarec_lite.llm import resolve_precision
+
+    requested = str(cfg["llm"]["quantization"])
+    # config.json records the precision that runs, not "auto": a later call on a machine where "auto" means another
+    # precision is refused below like any other change, instead of mixing bf16 and fp32 rows in one table
+    cfg["llm"]["quantization"] = resolve_precision(requested) or "none"
     out_dir = results_dir(cfg, out, own_dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if requested == "auto":
+        _log(f"[llm] quantization = \"auto\": {cfg['llm']['quantization'].replace('none', 'fp32')} on this machine "
+             f"(bf16 on CPUs with native bf16, fp32 on other CPUs, NF4 on a GPU)")
     figures_ok = _matplotlib_available()
     if not figures_ok:
         _log("matplotlib is not installed (it comes with `pip install rarec-lite[course]`): the run goes on, "

@@ -359,3 +359,5 @@ def test_bf16_backbone_and_the_auto_precision(monkeypatch, tmp_path):
     assert llm.resolve_precision("auto", "cuda") == "nf4" and llm.resolve_precision("auto") == "nf4"
     assert [llm.resolve_precision(q, "cpu") for q in (None, "", "none", "FP32", "nf4", "bf16")] == \
         [None, None, None, None, "nf4", "bf16"]
+    with pytest.raises(ValueError, match="'bf8'"):
+        llm.resolve_precision("bf8", "cpu")
