@@ -945,9 +945,6 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
     cfg["llm"]["quantization"] = resolve_precision(requested) or "none"
     out_dir = results_dir(cfg, out, own_dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if requested == "auto":
-        _log(f"[llm] quantization = \"auto\": {cfg['llm']['quantization'].replace('none', 'fp32')} on this machine "
-             f"(bf16 on CPUs with native bf16, fp32 on other CPUs, NF4 on a GPU)")
     figures_ok = _matplotlib_available()
     if not figures_ok:
         _log("matplotlib is not installed (it comes with `pip install rarec-lite[course]`): the run goes on, "
@@ -969,6 +966,9 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
     torch.manual_seed(cfg["seed"])
     started = time.time()
     _log(f"config {cfg['name']}: {cfg['description']} -> {out_dir}")
+    if requested == "auto":
+        _log(f"[llm] quantization = \"auto\": {cfg['llm']['quantization'].replace('none', 'fp32')} on this machine "
+             f"(bf16 on CPUs with native bf16, fp32 on other CPUs, NF4 on a GPU)")
 
     run = Experiment(cfg, out_dir, progress)
     run.load_data()
