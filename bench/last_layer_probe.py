@@ -215,10 +215,10 @@ if A["iso"]:  # isometric start (bench/isometric_init_probe.py): W = V_d of the 
     with torch.no_grad():
         top = TwoTower(view, al, exp.pooling)
         top.stats = {"item": ist0, "user": ist0}
-        top.init_isometric_reparameterization()  # the package's map (rarec_lite.alignment), on the top-K view
+        sv = top.init_isometric_reparameterization()  # the package's map (rarec_lite.alignment), on the top-K view
         W = al.reparam["user"][-1].weight
         if A["isoplain"]:  # the package's map until session 11: W = V_d (SASRec's direction k weighted by s_k^2)
-            sv = top.init_isometric_reparameterization(); d = W.shape[1]
+            d = W.shape[1]
             for t in al.reparam: al.reparam[t][-1].weight.mul_(sv[:d] / sv[:d].mean())
     print("isometric start", tuple(W.shape), flush=True)
 ist, ust = stats()

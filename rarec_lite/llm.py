@@ -78,6 +78,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_NAME = "minilm"
 TINY_NAMES = ("tiny-llama", "tiny-gpt2", "tiny-bert")
 QUANTIZATIONS = ("nf4", "int8", "bf16", None)
+BNB_QUANTIZATIONS = ("nf4", "int8")  # the ones bitsandbytes does; "bf16" and None are plain torch dtypes
+
+
+def _unknown_quantization(quantization) -> ValueError:
+    return ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None ('auto' is a config "
+                      "value: resolve it with rarec_lite.llm.resolve_precision first)")
 
 # model_type (from config.json) -> our architecture family. The prefix code in
 # rarec_lite.prefix handles one family per entry here.
@@ -220,7 +226,7 @@ def resolve_precision(quantization: str | None, device: str = "auto") -> str | N
     q = "none" if quantization is None else str(quantization).lower()
     if q in ("none", "", "fp32"):
         return None
-    if q in ("nf4", "int8", "bf16"):
+    if q in QUANTIZATIONS:
         return q
     if q != "auto":
         raise ValueError(f"quantization={quantization!r}: expected 'auto', 'nf4', 'int8', 'bf16', 'fp32' or 'none'")
@@ -269,10 +275,9 @@ def compute_dtype_for(device: str, quantization: str | None, model_type: str | N
 
 
 def _quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    if quantization not in ("nf4", "int8", "bf16", None):
-        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None "
-                         "('auto' is a config value: resolve it with resolve_precision first)")
-    if quantization in (None, "bf16"):
+    if quantization not in QUANTIZATIONS:
+        raise _unknown_quantization(quantization)
+    if quantization not in BNB_QUANTIZATIONS:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizationUnavailable(
@@ -705,8 +710,7 @@ def load_backbone(
     t0 = time.perf_counter()
     library_bars_off_in_kernel()  # a saved notebook would keep transformers' widget bars at 0%
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None ('auto' is a "
-                         "config value: resolve it with rarec_lite.llm.resolve_precision first)")
+        raise _unknown_quantization(quantization)
     device = resolve_device(device)
     _quantization_config(quantization, torch.float32)  # bitsandbytes missing: say so before any load
     source, is_local = _resolve_source(name_or_path, seed)
@@ -757,7 +761,7 @@ def load_backbone(
             raise
         raise _download_error(name_or_path, exc) from exc
     except (RuntimeError, NotImplementedError, ImportError) as exc:
-        if quantization in (None, "bf16"):
+        if quantization not in BNB_QUANTIZATIONS:
             raise
         raise QuantizationUnavailable(
             f"loading {name_or_path!r} with quantization={quantization!r} on {device} failed "
@@ -767,7 +771,7 @@ def load_backbone(
         # LLM.int8() casts fp32 activations to fp16 for its int8 matmul and logs it on every
         # call; the behaviour is documented above, so say it once here instead.
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
-    if quantization in (None, "bf16"):
+    if quantization not in BNB_QUANTIZATIONS:
         model.to(device)
     model.eval()
     for p in model.parameters():
