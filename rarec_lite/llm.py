@@ -82,8 +82,8 @@ BNB_QUANTIZATIONS = ("nf4", "int8")  # the ones bitsandbytes does; "bf16" and No
 
 
 def _unknown_quantization(quantization) -> ValueError:
-    return ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None ('auto' is a config "
-                      "value: resolve it with rarec_lite.llm.resolve_precision first)")
+    return ValueError(f"quantization={quantization!r}: expected 'nf4', 'int8', 'bf16' or None (config values such as "
+                      "'auto', 'none', 'fp32' or another case: resolve them with rarec_lite.llm.resolve_precision first)")
 
 # model_type (from config.json) -> our architecture family. The prefix code in
 # rarec_lite.prefix handles one family per entry here.
