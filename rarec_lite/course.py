@@ -154,6 +154,7 @@ class CourseSettings:
             as many of SmolLM2's 30 layers as the pipeline's ``cpu-quick`` config does.
         pooling: two-tower pooling (``"mean"``, ``"last"``; ``None`` = the backbone's default).
         standardize: score standardised states (:meth:`rarec_lite.alignment.TwoTower.set_standardization`).
+        item_norm: the cosine item tower (:class:`rarec_lite.alignment.TwoTower`, ``item_norm``).
         dataset: the dataset key (``"cloth"``, ``"scientific"``, ...; :func:`rarec_lite.data.dataset_key`);
             :func:`load_course_dataset` falls back to the toy set when ``raw_dir`` is ``None``.
     """
@@ -172,6 +173,7 @@ class CourseSettings:
     max_layers: int | None = None
     pooling: str | None = "mean"
     standardize: bool = True
+    item_norm: bool = True
     extra: dict = field(default_factory=dict)
     dataset: str = "cloth"
 
@@ -370,7 +372,8 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
                               main["sasrec"]["epochs"], main["train"]["steps"], main["train"]["batch_size"],
                               main["eval"]["num_users"],
                               max_layers=(main["llm"]["max_layers"] or None) if hw.device == "cpu" else None,
-                              pooling=main["llm"]["pooling"] or None, standardize=main["llm"]["standardize"])
+                              pooling=main["llm"]["pooling"] or None, standardize=main["llm"]["standardize"],
+                              item_norm=main["llm"]["item_norm"])
     key = dataset_key(dataset)
     raw, origin = locate_raw(key)
     if should_fetch_raw(raw, quick, key):
@@ -481,7 +484,7 @@ def user_id_embeddings(model, histories):
 
 def two_tower(cfg: CourseSettings, backbone, item_prompts, alignment=None, sample: int = 2048,
               max_item_tokens: int = 24):
-    """The two towers of the course: ``TwoTower(backbone, alignment, cfg.pooling)``, standardised.
+    """The two towers of the course: ``TwoTower(backbone, alignment, cfg.pooling, cfg.item_norm)``, standardised.
 
     When ``cfg.standardize``, the score's fixed statistics are those of the text-only item
     states of a seeded random sample of ``sample`` item prompts (the whole list when shorter):
@@ -496,7 +499,7 @@ def two_tower(cfg: CourseSettings, backbone, item_prompts, alignment=None, sampl
     """
     from rarec_lite.alignment import TwoTower
 
-    tower = TwoTower(backbone, alignment, cfg.pooling)
+    tower = TwoTower(backbone, alignment, cfg.pooling, item_norm=cfg.item_norm)
     if cfg.standardize:
         tower.set_standardization(tower.sample_text_states(item_prompts, sample, cfg.seed,
                                                            max_tokens=max_item_tokens))
@@ -588,7 +591,7 @@ def experiment(cfg: CourseSettings, progress: bool | None = None):
     The config is ``cpu-quick`` in full mode and :func:`quick_pipeline_config` (tiny-llama) in quick
     mode, with the notebook's settings written over it: the data of :func:`load_course_dataset`
     (``cfg.raw_dir``, else the toy dataset; ``cfg.max_users``, ``cfg.seed``), ``cfg.eval_users``, the
-    backbone (``backbone``, ``quantization``, ``max_layers``, ``pooling``, ``standardize``), the
+    backbone (``backbone``, ``quantization``, ``max_layers``, ``pooling``, ``standardize``, ``item_norm``), the
     alignment's ``align_steps`` and ``batch_size``, and the ``[sasrec]`` of :func:`sasrec_run`'s run,
     so notebooks 02, 06 and 08 share one encoder. Caches and the alignment checkpoint go to
     ``$RAREC_HOME/runs/course-experiment-<config name>-<hash>`` (the hash covers the resolved config
@@ -609,7 +612,7 @@ def experiment(cfg: CourseSettings, progress: bool | None = None):
     conf["data"].update(max_users=cfg.max_users or 0)
     conf["eval"]["num_users"] = cfg.eval_users or 0  # 0: every user
     conf["llm"].update(name=cfg.backbone, quantization=cfg.quantization or "none", max_layers=cfg.max_layers or 0,
-                       pooling=cfg.pooling or "", standardize=bool(cfg.standardize))
+                       pooling=cfg.pooling or "", standardize=bool(cfg.standardize), item_norm=bool(cfg.item_norm))
     conf["train"].update(steps=cfg.align_steps, batch_size=cfg.batch_size)
     progress = (not cfg.quick) if progress is None else progress
     exp = pipeline.Experiment(conf, None, progress)  # out_dir: set below, once the data is known

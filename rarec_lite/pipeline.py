@@ -79,7 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "step0": True, "stats_users": 512},
     "llm": {"name": "smollm2-135m", "quantization": "nf4", "max_layers": 0, "batch_size": 64,
             "user_max_tokens": 64, "item_max_tokens": 24, "history_items": 3, "pooling": "",
-            "standardize": False},
+            "standardize": False, "item_norm": True},
     "alignment": {"num_id_tokens": 1, "num_instruction_tokens": 4, "gate_init": -20.0, "tie_init": True,
                   "attention": "gated", "last_layer_gate": 0.15, "reparam_init": "isometric",
                   "instruction_softmax": "own", "user_statistics": "text"},
@@ -742,7 +742,7 @@ class Experiment:
                                     tie_init=bool(a["tie_init"]), attention=method.attention or str(a["attention"]),
                                     last_layer_gate=float(a["last_layer_gate"]),
                                     instruction_softmax=str(a["instruction_softmax"]))
-        tower = TwoTower(self.backbone, alignment, self.pooling)
+        tower = TwoTower(self.backbone, alignment, self.pooling, item_norm=bool(self.cfg["llm"]["item_norm"]))
         self._standardize(tower, method)
         if alignment is not None and alignment.use_id and str(self.cfg["alignment"]["reparam_init"]) == "isometric":
             if not tower.stats or alignment.attention != "gated" or self.backbone.info.architecture != "llama":

@@ -175,6 +175,18 @@ def test_standardized_score_matches_numpy_and_undoes_a_massive_dimension(backbon
     torch.testing.assert_close(tower.score(users, items), raw)
     with pytest.raises(ValueError, match=r"states must be \(N >= 2"):
         tower.set_standardization(items[:, :3])
+    # the cosine item tower: each standardised item row rescaled to length sqrt(H), users untouched
+    cos_tower = TwoTower(backbones["tiny-llama"], None, item_norm=True).set_standardization(items, other)
+    zi = (it - mu) / sd
+    zi_unit = zi / np.linalg.norm(zi, axis=1, keepdims=True)
+    zu = (us - us_mu) / us_sd
+    np.testing.assert_allclose(cos_tower.score(users, items).double().numpy(), np.sqrt(h) * zu @ zi_unit.T,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(cos_tower.standardize(items, "item").norm(dim=1).numpy(), np.sqrt(h), rtol=1e-5)
+    torch.testing.assert_close(cos_tower.standardize(users, "user"), tower.set_standardization(items, other)
+                               .standardize(users, "user"))
+    cosine = zu @ zi_unit.T / np.linalg.norm(zu, axis=1, keepdims=True)  # each user's ranking: the cosine's
+    assert (cos_tower.score(users, items).argsort(1) == torch.as_tensor(cosine).argsort(1)).all()
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-bert"])

@@ -220,9 +220,14 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
     assert not set(run.stats_users()) & set(run.eval_users)  # never an evaluation user
     mu, sd = items.mean(0), items.std(0, ddof=1)
     u_mu, u_sd = stats.mean(0), stats.std(0, ddof=1)
-    z = ((users - u_mu) / u_sd) @ ((items - mu) / sd).T
+    z_items = (items - mu) / sd
+    z_items *= np.sqrt(items.shape[1]) / np.linalg.norm(z_items, axis=1, keepdims=True)  # [llm] item_norm = true
+    z = ((users - u_mu) / u_sd) @ z_items.T
     expected = full_ranking_ranks(torch.from_numpy(z), run.eval_targets, run.eval_histories)
     assert np.mean(stored == expected) >= 0.95  # float32 vs float64 ties may move a rank or two
+    plain = full_ranking_ranks(torch.from_numpy(((users - u_mu) / u_sd) @ ((items - mu) / sd).T), run.eval_targets,
+                               run.eval_histories)
+    assert np.mean(plain == expected) < np.mean(stored == expected)  # the item rows' lengths do change ranks
     raw = full_ranking_ranks(torch.from_numpy(users @ items.T), run.eval_targets, run.eval_histories)
     assert not np.array_equal(raw, stored)  # standardising changes the ranking
 
