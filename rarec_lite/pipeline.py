@@ -1018,6 +1018,7 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         "token_budgets": {k: cfg["llm"][k] for k in BUDGET_KEYS},
         "backbone": _backbone_facts(run), "methods": entries,
         "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"]),
+                    "item_norm": bool(cfg["llm"]["item_norm"]),
                     "user_statistics": str(cfg["alignment"]["user_statistics"])},
         "alignment_start": {k: cfg["alignment"][k] for k in ("attention", "reparam_init", "instruction_softmax",
                                                              "last_layer_gate")},
@@ -1199,7 +1200,9 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
                   + ("dot product of standardised states (each tower's own fixed statistics: the catalogue's for "
                      "items, training users' prompts for users, recomputed after training"
                      + ("; an aligned user tower keeps its text-only mean and takes the items' sigma"
-                        if sc.get("user_statistics") == "text" else "") + "; see README)."
+                        if sc.get("user_statistics") == "text" else "")
+                     + ("; each standardised item state rescaled to length sqrt(H), so every user's ranking is by "
+                        "cosine" if sc.get("item_norm") else "") + "; see README)."
                      if sc["standardize"] else "raw dot product."), ""]
     st = result.get("alignment_start")
     if st and any(e.get("kind") == "trained" for e in result["methods"].values()):
