@@ -18,7 +18,9 @@ item tower's fitted path), ``K`` times, so the *measured* item path becomes isom
 tower's RMS ``|W e|`` (so the prefix's RMS norm divides every ID by nearly the same number) and multiplies the
 last gate by ``sqrt(1 + B^2)``. ``--gate G`` sets the last layer's starting gate. Each run then scores the start on
 the evaluation users against the whole catalogue (``Experiment.tower_scores``: the opened towers' own statistics),
-as scored and with the item states L2-normalised after standardisation (a cosine item tower).
+with the plain standardised dot product (``[llm] item_norm = false``, forced here so the comparison holds
+whatever the config says) and with the cosine item tower (the item states rescaled after standardisation,
+the pipeline's default since this round).
 
 Usage (after the main job, whose results directory holds the caches)::
 
@@ -50,7 +52,7 @@ def ridge(x: torch.Tensor, y: torch.Tensor, rel: float = 1e-2) -> torch.Tensor:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="cpu-quick")
+    ap.add_argument("--config", default="cpu-quick", help="the main job's config (name or .toml path)")
     ap.add_argument("--out", required=True, help="the pipeline's results directory of that config (its cache/)")
     ap.add_argument("--users", type=int, default=2000, help="the first N evaluation users to score")
     ap.add_argument("--fit", type=int, default=2000, help="items and training users sampled for the fits")
@@ -60,6 +62,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     cfg = load_config(args.config)
+    cfg["llm"]["item_norm"] = False  # scored both ways at the end
     if args.gate is not None:
         cfg["alignment"]["last_layer_gate"] = args.gate
     exp = Experiment(cfg, Path(args.out), progress=False)
@@ -156,8 +159,8 @@ def main(argv=None) -> None:
                  + (f", calibrated x{args.calibrate}" if args.calibrate else ""))
         print(f"\n{n} test users, {exp.dataset.num_items:,} items, full ranking, expected ties "
               f"({time.time() - t0:.0f} s)\n| untrained start, gates open | HR@10 | HR@100 | NDCG@10 |\n|---|---:|---:|---:|")
-        for name, s in ((f"{label}, as scored", scores),
-                        (f"{label}, item states L2-normalised", zu @ torch.nn.functional.normalize(zi, dim=1).T),
+        for name, s in ((f"{label}, plain standardised dot product", scores),
+                        (f"{label}, cosine item tower", zu @ torch.nn.functional.normalize(zi, dim=1).T),
                         ("SASRec", exp.sasrec_scores())):
             greater, tied = exp.rank(s)
             m = metrics_from_ranks(greater, [10, 100], tied=tied)

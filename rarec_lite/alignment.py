@@ -434,7 +434,8 @@ class TwoTower(nn.Module):
     (:mod:`rarec_lite.sasrec`). ``sqrt(H)`` is the typical length of a standardised state, so the scale of the
     scores, and of the training losses built on them, stays what it was. Measured on the main job (real
     Clothing, 2,000 test users, full ranking): zero-shot ID Translation HR@100 0.0578 -> 0.0639, and RA-Rec's
-    untrained start 0.1015 -> 0.1075 (README, "Results", point 10).
+    untrained start with the gates opened 0.1015 -> 0.1075 (README, "Results", point 10). The class default stays
+    ``False`` (the plain standardised dot product); the pipeline's configs and the notebooks turn it on.
 
     Args:
         backbone: a :class:`rarec_lite.llm.Backbone` (frozen ``model``, ``tokenizer``, ``info``).

@@ -1018,7 +1018,7 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         "token_budgets": {k: cfg["llm"][k] for k in BUDGET_KEYS},
         "backbone": _backbone_facts(run), "methods": entries,
         "scoring": {"pooling": run.pooling or "backbone default", "standardize": bool(cfg["llm"]["standardize"]),
-                    "item_norm": bool(cfg["llm"]["item_norm"]),
+                    "item_norm": bool(cfg["llm"]["standardize"]) and bool(cfg["llm"]["item_norm"]),  # needs z
                     "user_statistics": str(cfg["alignment"]["user_statistics"])},
         "alignment_start": {k: cfg["alignment"][k] for k in ("attention", "reparam_init", "instruction_softmax",
                                                              "last_layer_gate")},
@@ -1202,7 +1202,8 @@ def format_report(result: dict, figures: list[str] = ()) -> str:
                      + ("; an aligned user tower keeps its text-only mean and takes the items' sigma"
                         if sc.get("user_statistics") == "text" else "")
                      + ("; each standardised item state rescaled to length sqrt(H), so every user's ranking is by "
-                        "cosine" if sc.get("item_norm") else "") + "; see README)."
+                        "cosine" if sc.get("item_norm") else "; the item states' own lengths kept ([llm] item_norm = "
+                        "false)") + "; see README)."
                      if sc["standardize"] else "raw dot product."), ""]
     st = result.get("alignment_start")
     if st and any(e.get("kind") == "trained" for e in result["methods"].values()):

@@ -262,6 +262,34 @@ def test_standardized_scores_match_numpy_and_methods_can_be_added_later(tmp_path
         run_pipeline(cfg, out=tmp_path, progress=False, add_methods=[])
 
 
+def test_item_norm_off_scores_the_plain_standardised_dot_product_and_the_report_says_so(tmp_path):
+    """[llm] item_norm = false: the stored ranks are the plain standardised dot product's (not the cosine's),
+    metrics.json records it, the report says so; with standardize = false it is recorded as off."""
+    import torch
+
+    from rarec_lite.metrics import full_ranking_ranks
+    from rarec_lite.pipeline import Experiment
+
+    cfg = tiny_config(run=["id_translation"])
+    cfg["llm"].update(pooling="mean", standardize=True, item_norm=False)
+    res = run_pipeline(cfg, out=tmp_path, progress=False)
+    out = tmp_path / "results" / "unit-tiny"
+    assert res["scoring"]["item_norm"] is False
+    assert "the item states' own lengths kept ([llm] item_norm = false)" in (out / "report.md").read_text()
+    run = Experiment(load_config(cfg), out, progress=False)
+    run.load_data()
+    tower = run.build_tower(METHODS["id_translation"])
+    assert tower.item_norm is False
+    items, _ = run.item_text_states()
+    users = run.zero_shot_user_states(tower, METHODS["id_translation"])
+    zu, zi = tower.standardize(users, "user"), (items - tower.stats["item"][0]) / tower.stats["item"][1]
+    expected = full_ranking_ranks(zu @ zi.T, run.eval_targets, run.eval_histories)
+    npz = np.load(out / "ranks.npz")
+    assert np.array_equal(npz["id_translation"] + npz["id_translation_tied"], expected)
+    cfg["llm"].update(standardize=False, item_norm=True)
+    assert run_pipeline(cfg, out=tmp_path / "raw", progress=False)["scoring"]["item_norm"] is False
+
+
 def test_bad_values_are_refused_when_the_config_is_read(tmp_path):
     bad = tmp_path / "bad.toml"
     for text, match in [('[llm]\npooling = "avg"\n', r"bad\.toml: \[llm\] pooling = 'avg' must be one of"),
