@@ -579,7 +579,11 @@ class TwoTower(nn.Module):
         SASRec's own score next to the text's. (``W = V_d`` alone weights SASRec's direction ``k`` by
         ``s_k^2``, on SmolLM2 from 98.9^2 down to 20.6^2: the ID part's scores then correlated 0.86
         with SASRec's per user, 0.96 with the singular values divided out.) The frozen maps are read
-        by feeding the identity through them, so any quantization works. The bias is set to 0.
+        by feeding the identity through them, so any quantization works. The bias is set to 0. With the
+        cosine item tower (:attr:`item_norm`) each item's standardised state is then divided by its own length
+        (mostly the text's): the ID part keeps SASRec's geometry up to that per-item scalar. How much of the
+        geometry survives the parts of the path that are not in ``J`` (the prefix's RMS norm, the MLP, the final
+        norm) is measured by ``bench/id_channel_probe.py`` (README, "Results", point 10).
 
         Measured on the main job (real Clothing, 2,000 test users, full ranking, gate 0.25, untrained):
         README, "Results", point 8.
