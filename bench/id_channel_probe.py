@@ -151,16 +151,19 @@ def main(argv=None) -> None:
             captured["u"], captured["i"] = u, i
             return score(self, u, i)
 
-        type(tower).score = keep
-        scores = exp.tower_scores(tower, method)
-        type(tower).score = score
-        zu, zi = tower.standardize(captured["u"], "user"), tower.standardize(captured["i"], "item")
+        type(tower).score = keep  # the evaluated states, to score them once more with the cosine item tower
+        try:
+            scores = exp.tower_scores(tower, method)
+        finally:
+            type(tower).score = score
+        tower.item_norm = True  # the package's own cosine item tower, on the same states and statistics
+        cosine = tower.score(captured["u"], captured["i"])
         label = (f"gate {float(al.gate['item'][last]):.3f}" + (f", anchor {args.anchor}" if args.anchor else "")
                  + (f", calibrated x{args.calibrate}" if args.calibrate else ""))
         print(f"\n{n} test users, {exp.dataset.num_items:,} items, full ranking, expected ties "
               f"({time.time() - t0:.0f} s)\n| untrained start, gates open | HR@10 | HR@100 | NDCG@10 |\n|---|---:|---:|---:|")
         for name, s in ((f"{label}, plain standardised dot product", scores),
-                        (f"{label}, cosine item tower", zu @ torch.nn.functional.normalize(zi, dim=1).T),
+                        (f"{label}, cosine item tower", cosine),
                         ("SASRec", exp.sasrec_scores())):
             greater, tied = exp.rank(s)
             m = metrics_from_ranks(greater, [10, 100], tied=tied)

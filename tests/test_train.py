@@ -230,7 +230,7 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
     g = torch.Generator().manual_seed(0)
     ue, ie = torch.randn(8, ID_DIM, generator=g), torch.randn(6, ID_DIM, generator=g)
     tower = TwoTower(bb, RAAlignment(bb.info, ID_DIM, num_id_tokens=1, num_instruction_tokens=2, seed=0,
-                                     attention=attention), pooling="mean")
+                                     attention=attention), pooling="mean", item_norm=True)  # the pipeline's scoring
     tower.set_standardization(tower.sample_text_states(ip, 6, seed=0), tower.sample_text_states(up, 8, seed=0))
     cache = build_text_cache(tower, up, ip, list(range(6)), max_user_tokens=32)
     start = {k: v.clone() for k, v in tower.alignment.state_dict().items()}
