@@ -563,14 +563,21 @@ for name, m in [("RA-Rec, step 0 (= zero-shot)", s0), ("ID Translation, zero-sho
        "**InfoNCE** (per layer, the ID part of the soft prompt against the text-only representation, mean over layers "
        "and towers) starts near `log B` for a batch of `B` (a soft prompt that tells nobody apart scores exactly "
        "`log B`; a random one can score above it) and should fall as the ID side learns to say what the text says. "
+       "Each loss gets its own panel and axis: the changes are a few hundredths of a nat, invisible on a shared axis. "
+       "Measured in full mode on Clothing (bf16 CPU, mean of the first and last 30 of the 150 steps): BPR 0.634 -> 0.626 "
+       "(lowest 0.617 in steps 31-60; the gates open during the first 30% of the steps and the batches of 16 pairs "
+       "are noisy), InfoNCE 2.84 -> 2.74. Small falls: most of what RA-Rec gains over step 0 is the start's "
+       "(section 3), opened. "
        "(Quick mode: a dozen steps on a tiny random model, the curves are noise.)"),
     code('''\
 result = exp.train(tower, rarec)
 B = exp.cfg["train"]["batch_size"]
 print(f"{result.steps} steps of {B} pairs in {result.seconds:.1f} s, {result.trainable_params:,} trainable parameters")
 print(f"InfoNCE at step 1: {result.infonce[0]:.2f} nats (log B = {np.log(B):.2f}); at the end: {result.infonce[-1]:.2f}")
-plots.training_curves({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
-                      smooth=max(1, result.steps // 20));'''),
+plots.loss_panels({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
+                  references={"BPR (ranking loss)": {"ln 2: every score equal": np.log(2)},
+                              "InfoNCE (mean over layers)": {f"ln B = {np.log(B):.2f}: nobody told apart": np.log(B)}},
+                  smooth=max(1, result.steps // 5));'''),
     md("The per-layer gates the training learned (layer 1 first): the ID slot's (they started at 0 except the "
        "last layer's) and the contextual instruction's (all started at 0):"),
     code('''\
@@ -600,10 +607,11 @@ table'''),
        "**late fusion**, trains nothing: it z-scores each user's SASRec scores and zero-shot ID Translation scores "
        "over the catalogue and adds them (`baselines.late_fusion`). It is the bar for the alignment: on the main "
        "job (README, \"Results\") late fusion beats SASRec by about the paper's margin on HR@100, and RA-Rec, "
-       "from its isometric start, comes close to it: above SASRec on HR@100 and far above zero-shot ID "
-       "Translation, level with SASRec on NDCG@10. Most of that gain is the start's: compare the trained row with "
-       "what the untrained, opened towers score (README point 8), and ask what a training objective would have to "
-       "reward to go further. The pipeline (notebook 07) adds "
+       "from its isometric start, comes close to it: in full mode on Clothing (5,000 test users, measured) RA-Rec "
+       "0.0366 / 0.0198 / 0.1088 (HR@10 / NDCG@10 / HR@100) against SASRec's 0.0322 / 0.0169 / 0.0964, step 0's and "
+       "zero-shot ID Translation's 0.0140 / 0.0064 / 0.070, and late fusion's 0.0374 / 0.0215 / 0.1182. Most of that "
+       "gain is the start's: compare the trained row with what the untrained, opened towers score (README points 8 "
+       "and 10), and ask what a training objective would have to reward to go further. The pipeline (notebook 07) adds "
        "paired bootstrap intervals to the same comparison."),
     md("## Exercise 6b: the two losses\nWrite BPR with in-batch negatives (row `b` of `item` is user `b`'s positive, "
        "every other row a negative; average `-log sigmoid(s_bb - s_bj)` over all `j != b`) and InfoNCE (cosine "

@@ -148,6 +148,52 @@ def training_curves(curves: Mapping[str, Sequence[float]], ax=None, smooth: int 
     return ax
 
 
+def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, Mapping[str, float]] | None = None,
+                smooth: int = 1, xlabel: str = "step"):
+    """One panel per loss, each on its own y-axis: the raw per-step values (faint), their running mean
+    over ``smooth`` steps, and horizontal reference lines.
+
+    Two losses of different size on one axis hide each other's movement (BPR near 0.6 and InfoNCE
+    near 2.8 nats: a fall of 0.01 is invisible); separate panels and a reference (e.g. BPR's
+    ``ln 2`` when every score is equal, InfoNCE's ``ln B`` when the soft prompt tells nobody apart)
+    show whether a curve falls and from where.
+
+    Args:
+        curves: ``{name: one value per step}`` (nats).
+        references: ``{name: {label: y}}`` drawn as dashed lines in that curve's panel.
+        smooth: running-mean window in steps (1 = none).
+
+    Returns:
+        The array of panels' ``Axes`` (one per curve, left to right).
+
+    Raises:
+        ValueError: ``curves`` is empty or a curve has no values.
+    """
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        raise ValueError("loss_panels: no curves given")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.4), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        y = np.asarray(values, dtype=float)
+        if y.size == 0:
+            raise ValueError(f"loss_panels: curve {name!r} has no values")
+        ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.25, lw=0.8, label="per step")
+        if smooth > 1 and len(y) >= smooth:
+            s = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            x = np.arange(smooth, smooth + len(s))
+            ax.plot(x, s, color="#4C72B0", lw=2, label=f"mean of {smooth} steps: {s[0]:.3f} -> {s[-1]:.3f}")
+        for label_, value in (references or {}).get(name, {}).items():
+            ax.axhline(value, color="grey", ls="--", lw=1)
+            ax.annotate(label_, (1, value), xytext=(2, 2), textcoords="offset points", fontsize=8, color="grey")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("nats")
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return axes[0]
+
+
 def metric_bars(table: Mapping[str, Mapping[str, float | Sequence[float]]], metrics: Sequence[str] = ("HR@10", "NDCG@10"),
                 ax=None):
     """Grouped bars of metrics per model, with confidence-interval error bars.

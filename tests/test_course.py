@@ -442,6 +442,17 @@ def test_figures_draw_what_they_are_given(agg):
     assert "overflows at 3 items" in ax.texts[0].get_text()
     ax = plots.training_curves({"BPR": [4, 3, 2, 1], "InfoNCE": [2, 2, 2, 2]}, smooth=2)
     assert list(ax.get_lines()[0].get_ydata()) == [3.5, 2.5, 1.5]
+    axes = plots.loss_panels({"BPR": [4, 3, 2, 1], "InfoNCE": [2, 2, 2, 2]}, smooth=2,
+                             references={"InfoNCE": {"ln B": 2.7726}})
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["BPR", "InfoNCE"]
+    raw, mean = axes[0].get_lines()[:2]
+    assert list(raw.get_xdata()) == [1, 2, 3, 4] and list(mean.get_ydata()) == [3.5, 2.5, 1.5]
+    assert list(mean.get_xdata()) == [2, 3, 4]  # the mean of steps 1-2 is drawn at step 2
+    assert "3.500 -> 1.500" in mean.get_label()
+    assert [line.get_ydata()[0] for line in axes[1].get_lines()][-1] == 2.7726  # the reference line
+    assert not axes[0].texts and axes[1].texts[0].get_text() == "ln B"
+    with pytest.raises(ValueError, match="'BPR' has no values"):
+        plots.loss_panels({"BPR": []})
     ax = plots.metric_bars({"A": {"HR@10": (0.2, 0.1, 0.3)}, "B": {"HR@10": 0.4}}, metrics=("HR@10",))
     assert [round(p.get_height(), 6) for p in ax.patches] == [0.2, 0.4]
     ax = plots.soft_prompt_slots(30, 4, 1, 20, max_text=10, max_layers=6)

@@ -123,20 +123,26 @@ def test_pipeline_refuses_to_mix_configs_in_one_directory(tmp_path):
         run_pipeline(cfg, out=tmp_path, progress=False)
 
 
-def test_auto_precision_is_recorded_as_resolved_and_a_change_refused(tmp_path, monkeypatch):
+def test_auto_precision_is_recorded_as_resolved_and_a_change_refused(tmp_path, monkeypatch, capsys):
     """config.json keeps the precision "auto" resolved to on this machine; where "auto" would mean another one
-    (here: the same directory on a CPU said to have native bf16), the run is refused instead of mixing rows."""
+    (here: the same directory on a CPU said to have native bf16), the run is refused instead of mixing rows.
+    A CPU without native bf16 is told that its LLM stages run in fp32 and take longer; one with it is not."""
     from rarec_lite import llm
 
+    monkeypatch.setattr(llm, "resolve_device", lambda device="auto": "cpu")
     monkeypatch.setattr(llm, "cpu_has_native_bf16", lambda: False)
     cfg = tiny_config(run=["mostpop"])
     cfg["llm"]["quantization"] = "auto"
     run_pipeline(cfg, out=tmp_path, progress=False)
     saved = json.loads(next(tmp_path.rglob("config.json")).read_text())
     assert saved["llm"]["quantization"] == "none"
+    assert "this CPU has no native bf16: the LLM stages run in fp32" in capsys.readouterr().out
     monkeypatch.setattr(llm, "cpu_has_native_bf16", lambda: True)
     with pytest.raises(ValueError, match=r"different configuration.*\[llm\] quantization"):
         run_pipeline(cfg, out=tmp_path, progress=False)
+    run_pipeline(cfg, out=tmp_path / "bf16", progress=False)
+    out = capsys.readouterr().out
+    assert '"auto": bf16 on this machine' in out and "no native bf16" not in out
 
 
 def test_report_marks_ci_and_truncation():
