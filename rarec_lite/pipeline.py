@@ -937,7 +937,7 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         if bad or not add_methods:
             raise ValueError(f"unknown or no method(s) to add: {bad or add_methods} (known: {', '.join(METHODS)})")
         cfg["methods"]["run"] = list(dict.fromkeys([*cfg["methods"]["run"], *add_methods]))
-    from rarec_lite.llm import resolve_device, resolve_precision
+    from rarec_lite.llm import cpu_has_native_bf16, resolve_device, resolve_precision
 
     requested = str(cfg["llm"]["quantization"])
     # config.json records the precision that runs, not "auto": a later call on a machine where "auto" means another
@@ -970,8 +970,11 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
         _log(f"[llm] quantization = \"auto\": {cfg['llm']['quantization'].replace('none', 'fp32')} on this machine "
              f"(bf16 on CPUs with native bf16, fp32 on other CPUs, NF4 on a GPU)")
         if cfg["llm"]["quantization"] == "none" and resolve_device() == "cpu":
-            _log("this CPU has no native bf16: the LLM stages run in fp32, about 2.4x the time of bf16 "
-                 "(measured: cpu-quick's LLM stages 15.3 min instead of 6.5 on 2 cores; README, Results)")
+            _log("this CPU has no native bf16, so the LLM stages run in fp32, the slowest of the CPU paths: "
+                 "cpu-quick's took 15.3 min on a 2-core CPU forced to fp32 against 6.5 min in bf16 (README, Results)")
+    elif requested.lower() == "bf16" and resolve_device() == "cpu" and not cpu_has_native_bf16():
+        _log("WARNING: [llm] quantization = \"bf16\" on a CPU without native bf16: bf16 is emulated there and "
+             "usually slower than fp32; \"auto\" picks fp32 on such a CPU")
 
     run = Experiment(cfg, out_dir, progress)
     run.load_data()

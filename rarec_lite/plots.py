@@ -151,7 +151,7 @@ def training_curves(curves: Mapping[str, Sequence[float]], ax=None, smooth: int 
 def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, Mapping[str, float]] | None = None,
                 smooth: int = 1, xlabel: str = "step"):
     """One panel per loss, each on its own y-axis: the raw per-step values (faint), their running mean
-    over ``smooth`` steps, and horizontal reference lines.
+    over ``smooth`` steps, and horizontal reference lines, all named in the panel's legend.
 
     Two losses of different size on one axis hide each other's movement (BPR near 0.6 and InfoNCE
     near 2.8 nats: a fall of 0.01 is invisible); separate panels and a reference (e.g. BPR's
@@ -159,37 +159,62 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
     show whether a curve falls and from where.
 
     Args:
-        curves: ``{name: one value per step}`` (nats).
-        references: ``{name: {label: y}}`` drawn as dashed lines in that curve's panel.
-        smooth: running-mean window in steps (1 = none).
+        curves: ``{name: one value per step}`` (nats; any iterable of numbers, e.g. a list or a
+            1-D tensor).
+        references: ``{name: {label: y}}``, drawn as dashed lines in the panel of curve ``name``.
+        smooth: running-mean window in steps (1 = none); the legend gives the first and last mean.
+            A window longer than the curve draws no mean.
 
     Returns:
         The array of panels' ``Axes`` (one per curve, left to right).
 
     Raises:
-        ValueError: ``curves`` is empty or a curve has no values.
+        ValueError: ``curves`` is empty or not a mapping, a curve is empty, not 1-D or has a
+            non-finite value (the step is named: a diverged run), ``smooth`` is not an integer
+            >= 1, or ``references`` names a curve that is not there or is not ``{label: y}``.
+            Nothing is drawn then.
     """
     import matplotlib.pyplot as plt
 
-    if not curves:
-        raise ValueError("loss_panels: no curves given")
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.4), squeeze=False)
-    for ax, (name, values) in zip(axes[0], curves.items()):
-        y = np.asarray(values, dtype=float)
-        if y.size == 0:
-            raise ValueError(f"loss_panels: curve {name!r} has no values")
-        ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.25, lw=0.8, label="per step")
-        if smooth > 1 and len(y) >= smooth:
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError(f"loss_panels: curves must be a non-empty {{name: values}} mapping; got {type(curves).__name__}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)) or smooth < 1:
+        raise ValueError(f"loss_panels: smooth must be an integer >= 1 (steps); got {smooth!r}")
+    data = {}
+    for name, values in curves.items():
+        if hasattr(values, "detach"):  # a torch tensor
+            values = values.detach().cpu().numpy()
+        y = np.asarray(list(values) if not hasattr(values, "__len__") else values, dtype=float)
+        if y.ndim != 1 or y.size == 0:
+            raise ValueError(f"loss_panels: curve {name!r} must be a non-empty 1-D sequence of numbers; "
+                             f"got shape {y.shape}")
+        bad = np.flatnonzero(~np.isfinite(y))
+        if bad.size:
+            raise ValueError(f"loss_panels: curve {name!r} is not finite at step(s) "
+                             f"{', '.join(str(int(i) + 1) for i in bad[:5])}{' ...' if bad.size > 5 else ''} "
+                             f"(a diverged run?)")
+        data[name] = y
+    refs = dict(references or {})
+    for name, lines in refs.items():
+        if name not in data:
+            raise ValueError(f"loss_panels: references name {name!r}, which is not a curve ({', '.join(map(repr, data))})")
+        if not isinstance(lines, Mapping):
+            raise ValueError(f"loss_panels: references[{name!r}] must be {{label: y}}; got {lines!r}")
+    fig, axes = plt.subplots(1, len(data), figsize=(4.6 * len(data), 3.4), squeeze=False)
+    for ax, (name, y) in zip(axes[0], data.items()):
+        ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.3, lw=0.8, marker="." if len(y) < 3 else None,
+                label="per step")
+        if 1 < smooth <= len(y):
             s = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
             x = np.arange(smooth, smooth + len(s))
             ax.plot(x, s, color="#4C72B0", lw=2, label=f"mean of {smooth} steps: {s[0]:.3f} -> {s[-1]:.3f}")
-        for label_, value in (references or {}).get(name, {}).items():
-            ax.axhline(value, color="grey", ls="--", lw=1)
-            ax.annotate(label_, (1, value), xytext=(2, 2), textcoords="offset points", fontsize=8, color="grey")
+        for label_, value in refs.get(name, {}).items():
+            ax.axhline(float(value), color="#C44E52", ls="--", lw=1, label=str(label_))
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("nats")
-        ax.legend(fontsize=8, loc="best")
+        # the legend goes under the panel, so it never hides a curve or a reference line
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     return axes[0]
 

@@ -449,10 +449,20 @@ def test_figures_draw_what_they_are_given(agg):
     assert list(raw.get_xdata()) == [1, 2, 3, 4] and list(mean.get_ydata()) == [3.5, 2.5, 1.5]
     assert list(mean.get_xdata()) == [2, 3, 4]  # the mean of steps 1-2 is drawn at step 2
     assert "3.500 -> 1.500" in mean.get_label()
-    assert [line.get_ydata()[0] for line in axes[1].get_lines()][-1] == 2.7726  # the reference line
-    assert not axes[0].texts and axes[1].texts[0].get_text() == "ln B"
-    with pytest.raises(ValueError, match="'BPR' has no values"):
-        plots.loss_panels({"BPR": []})
+    ref = axes[1].get_lines()[-1]  # the reference line, named in the legend
+    assert list(ref.get_ydata()) == [2.7726, 2.7726] and ref.get_label() == "ln B"
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()][-1] == "ln B"
+    one = plots.loss_panels({"BPR": torch.tensor([0.7])})[0].get_lines()[0]  # one step: a visible dot
+    assert list(one.get_ydata()) == [pytest.approx(0.7)] and one.get_marker() == "."
+    gen = plots.loss_panels({"BPR": (v for v in [3.0, 1.0])}, smooth=2)[0].get_lines()[1]
+    assert list(gen.get_ydata()) == [2.0]
+    for bad, kwargs, match in [({}, {}, "non-empty"), ({"BPR": []}, {}, "'BPR' must be a non-empty 1-D"),
+                               ({"BPR": [1.0, float("nan"), 2.0]}, {}, "not finite at step.s. 2"),
+                               ({"BPR": [1.0, 2.0]}, {"smooth": 2.5}, "smooth must be an integer"),
+                               ({"BPR": [1.0, 2.0]}, {"references": {"bpr": {"ln 2": 0.69}}}, "'bpr', which is not a curve"),
+                               ({"BPR": [1.0, 2.0]}, {"references": {"BPR": 0.69}}, r"must be \{label: y\}")]:
+        with pytest.raises(ValueError, match=match):
+            plots.loss_panels(bad, **kwargs)
     ax = plots.metric_bars({"A": {"HR@10": (0.2, 0.1, 0.3)}, "B": {"HR@10": 0.4}}, metrics=("HR@10",))
     assert [round(p.get_height(), 6) for p in ax.patches] == [0.2, 0.4]
     ax = plots.soft_prompt_slots(30, 4, 1, 20, max_text=10, max_layers=6)

@@ -136,13 +136,17 @@ def test_auto_precision_is_recorded_as_resolved_and_a_change_refused(tmp_path, m
     run_pipeline(cfg, out=tmp_path, progress=False)
     saved = json.loads(next(tmp_path.rglob("config.json")).read_text())
     assert saved["llm"]["quantization"] == "none"
-    assert "this CPU has no native bf16: the LLM stages run in fp32" in capsys.readouterr().out
+    assert "this CPU has no native bf16, so the LLM stages run in fp32" in capsys.readouterr().out
     monkeypatch.setattr(llm, "cpu_has_native_bf16", lambda: True)
     with pytest.raises(ValueError, match=r"different configuration.*\[llm\] quantization"):
         run_pipeline(cfg, out=tmp_path, progress=False)
     run_pipeline(cfg, out=tmp_path / "bf16", progress=False)
     out = capsys.readouterr().out
     assert '"auto": bf16 on this machine' in out and "no native bf16" not in out
+    cfg["llm"]["quantization"] = "bf16"  # asked for explicitly where it is emulated: warned, still run
+    monkeypatch.setattr(llm, "cpu_has_native_bf16", lambda: False)
+    run_pipeline(cfg, out=tmp_path / "bf16-emulated", progress=False)
+    assert 'WARNING: [llm] quantization = "bf16" on a CPU without native bf16' in capsys.readouterr().out
 
 
 def test_report_marks_ci_and_truncation():
