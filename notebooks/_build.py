@@ -574,9 +574,9 @@ result = exp.train(tower, rarec)
 B = exp.cfg["train"]["batch_size"]
 print(f"{result.steps} steps of {B} pairs in {result.seconds:.1f} s, {result.trainable_params:,} trainable parameters")
 print(f"InfoNCE at step 1: {result.infonce[0]:.2f} nats (log B = {np.log(B):.2f}); at the end: {result.infonce[-1]:.2f}")
+refs = plots.loss_references(exp.cfg["train"]["rank_loss"], B)  # BPR's ln 2, InfoNCE's ln B
 plots.loss_panels({"BPR (ranking loss)": result.bpr, "InfoNCE (mean over layers)": result.infonce},
-                  references={"BPR (ranking loss)": {"ln 2: every score equal": np.log(2)},
-                              "InfoNCE (mean over layers)": {f"ln B = {np.log(B):.2f}: nobody told apart": np.log(B)}},
+                  references={"BPR (ranking loss)": refs["bpr"], "InfoNCE (mean over layers)": refs["infonce"]},
                   smooth=max(1, result.steps // 5));'''),
     md("The per-layer gates the training learned (layer 1 first): the ID slot's (they started at 0 except the "
        "last layer's) and the contextual instruction's (all started at 0):"),

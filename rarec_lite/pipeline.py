@@ -1038,7 +1038,8 @@ def _run_pipeline(config, out, progress, add_methods, dataset) -> dict:
     np.savez_compressed(with_ranks.with_suffix(".tmp.npz"), users=run.eval_users, **ranks,
                         **{f"{n}_tied": t for n, t in tied.items()})
     with_ranks.with_suffix(".tmp.npz").replace(with_ranks)
-    figures = _figures(out_dir / "figures", entries, losses, run.dataset.name) if figures_ok else []
+    figures = _figures(out_dir / "figures", entries, losses, run.dataset.name, cfg["train"]["rank_loss"],
+                       int(cfg["train"]["batch_size"])) if figures_ok else []
     atomic_write_text(out_dir / "report.md", format_report(result, figures))
     _log(f"done in {time.time() - started:.0f} s; report: {out_dir / 'report.md'}")
     distributed.barrier()  # the other ranks return what rank 0 wrote
@@ -1152,9 +1153,10 @@ def _add_confidence_intervals(entries: dict, ranks: dict, tied: dict, cfg: dict)
                                                          "ci_high": cmp.ci_high, "p_value": cmp.p_value}
 
 
-def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "") -> list[str]:
-    """Metric bars with 95% bootstrap CIs, and the training curves, titled with the dataset.
-    Returns the paths written."""
+def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "", rank_loss: str = "bpr",
+             batch_size: int = 16) -> list[str]:
+    """Metric bars with 95% bootstrap CIs, and the training curves (``plots.loss_panels``, as notebook 06
+    draws them), titled with the dataset. Returns the paths written."""
     import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
     from rarec_lite import plots
@@ -1169,14 +1171,23 @@ def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "") -> l
     plots.save(ax, fig_dir / "metrics.png")
     plt.close(ax.figure)
     written.append("figures/metrics.png")
-    if losses:
-        fig, axes = plt.subplots(1, len(losses), figsize=(4.5 * len(losses), 3.5), squeeze=False)
-        for ax, (name, curve) in zip(axes[0], losses.items()):
-            curves = {"BPR": curve["bpr"]}
-            if any(v for v in curve["infonce"]):
-                curves["InfoNCE (mean over layers)"] = curve["infonce"]
-            plots.training_curves(curves, ax=ax, smooth=max(1, len(curve["bpr"]) // 25))
-            ax.set_title(f"{METHODS[name].label} ({label(dataset)})" if dataset else METHODS[name].label, fontsize=9)
+    if losses:  # one row per trained method: its ranking loss and (when it trained with it) InfoNCE, own axes
+        fig, axes = plt.subplots(len(losses), 2, figsize=(9.2, 3.9 * len(losses)), squeeze=False)
+        refs = plots.loss_references(rank_loss, batch_size)
+        for row, (name, curve) in zip(axes, losses.items()):
+            keys = ["bpr"] + (["infonce"] if any(v for v in curve["infonce"]) else [])
+            names = {"bpr": "BPR" if rank_loss == "bpr" else "sampled softmax", "infonce": "InfoNCE (mean over layers)"}
+            title = METHODS[name].label  # two lines: the method, then the loss (long labels do not collide)
+            plots.loss_panels({f"{title}\n{names[k]}": curve[k] for k in keys},
+                              references={f"{title}\n{names[k]}": refs[k] for k in keys if k in refs},
+                              smooth=max(1, len(curve["bpr"]) // 5), axes=row[:len(keys)])
+            for ax in row[len(keys):]:
+                ax.axis("off")
+            for ax in row[:len(keys)]:
+                ax.title.set_fontsize(9)
+        if dataset:
+            fig.suptitle(f"Training losses: {label(dataset)}", fontsize=10)
+        fig.tight_layout()
         plots.save(axes[0][0], fig_dir / "training.png")
         plt.close(fig)
         written.append("figures/training.png")

@@ -126,30 +126,8 @@ def tokens_vs_history(history_lengths: Sequence[int], token_counts: Sequence[flo
     return ax
 
 
-def training_curves(curves: Mapping[str, Sequence[float]], ax=None, smooth: int = 1, xlabel: str = "step"):
-    """Loss curves (one line per name), optionally smoothed with a running mean over ``smooth`` steps.
-
-    Args:
-        curves: e.g. ``{"BPR": [...], "InfoNCE": [...]}``, one value per step.
-    """
-    ax = _axes(ax)
-    for name, values in curves.items():
-        y = np.asarray(values, dtype=float)
-        if smooth > 1 and len(y) >= smooth:
-            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-            x = np.arange(smooth - 1, smooth - 1 + len(y))
-        else:
-            x = np.arange(len(y))
-        ax.plot(x, y, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss")
-    ax.set_title("Training curves")
-    ax.legend()
-    return ax
-
-
 def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, Mapping[str, float]] | None = None,
-                smooth: int = 1, xlabel: str = "step"):
+                smooth: int = 1, xlabel: str = "step", axes=None):
     """One panel per loss, each on its own y-axis: the raw per-step values (faint), their running mean
     over ``smooth`` steps, and horizontal reference lines, all named in the panel's legend.
 
@@ -164,6 +142,8 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
         references: ``{name: {label: y}}``, drawn as dashed lines in the panel of curve ``name``.
         smooth: running-mean window in steps (1 = none); the legend gives the first and last mean.
             A window longer than the curve draws no mean.
+        axes: draw into these ``Axes``, one per curve in order (e.g. a row of a larger figure);
+            ``None``: a new figure with one row of panels.
 
     Returns:
         The array of panels' ``Axes`` (one per curve, left to right).
@@ -171,8 +151,8 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
     Raises:
         ValueError: ``curves`` is empty or not a mapping, a curve is empty, not 1-D or has a
             non-finite value (the step is named: a diverged run), ``smooth`` is not an integer
-            >= 1, or ``references`` names a curve that is not there or is not ``{label: y}``.
-            Nothing is drawn then.
+            >= 1, ``references`` names a curve that is not there or is not ``{label: y}``, or
+            ``axes`` does not hold one ``Axes`` per curve. Nothing is drawn then.
     """
     import matplotlib.pyplot as plt
 
@@ -200,8 +180,12 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
             raise ValueError(f"loss_panels: references name {name!r}, which is not a curve ({', '.join(map(repr, data))})")
         if not isinstance(lines, Mapping):
             raise ValueError(f"loss_panels: references[{name!r}] must be {{label: y}}; got {lines!r}")
-    fig, axes = plt.subplots(1, len(data), figsize=(4.6 * len(data), 3.4), squeeze=False)
-    for ax, (name, y) in zip(axes[0], data.items()):
+    if axes is None:
+        fig, grid = plt.subplots(1, len(data), figsize=(4.6 * len(data), 3.4), squeeze=False)
+        axes = grid[0]
+    elif len(axes) != len(data):
+        raise ValueError(f"loss_panels: {len(data)} curve(s) need as many axes; got {len(axes)}")
+    for ax, (name, y) in zip(axes, data.items()):
         ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.3, lw=0.8, marker="." if len(y) < 3 else None,
                 label="per step")
         if 1 < smooth <= len(y):
@@ -215,8 +199,19 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
         ax.set_ylabel("nats")
         # the legend goes under the panel, so it never hides a curve or a reference line
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    fig.tight_layout()
-    return axes[0]
+    axes[0].figure.tight_layout()
+    return np.asarray(axes)
+
+
+def loss_references(rank_loss: str, batch_size: int) -> dict[str, dict[str, float]]:
+    """The reference lines of :func:`loss_panels` for the alignment's two losses, keyed ``"bpr"`` and
+    ``"infonce"`` as the trainer's history is: BPR's ``ln 2`` (every score equal; only for
+    ``rank_loss="bpr"``) and InfoNCE's ``ln B`` for a batch of ``B`` (every in-batch candidate
+    equally likely: a soft prompt that tells nobody apart)."""
+    refs = {"infonce": {f"ln B = {np.log(batch_size):.2f}: nobody told apart": float(np.log(batch_size))}}
+    if rank_loss == "bpr":
+        refs["bpr"] = {"ln 2: every score equal": float(np.log(2))}
+    return refs
 
 
 def metric_bars(table: Mapping[str, Mapping[str, float | Sequence[float]]], metrics: Sequence[str] = ("HR@10", "NDCG@10"),

@@ -440,8 +440,6 @@ def test_figures_draw_what_they_are_given(agg):
     assert [p.get_height() for p in ax.patches] == [4.0, 0.5]
     ax = plots.tokens_vs_history([1, 2, 3, 4], [50, 90, 130, 170], 120)
     assert "overflows at 3 items" in ax.texts[0].get_text()
-    ax = plots.training_curves({"BPR": [4, 3, 2, 1], "InfoNCE": [2, 2, 2, 2]}, smooth=2)
-    assert list(ax.get_lines()[0].get_ydata()) == [3.5, 2.5, 1.5]
     axes = plots.loss_panels({"BPR": [4, 3, 2, 1], "InfoNCE": [2, 2, 2, 2]}, smooth=2,
                              references={"InfoNCE": {"ln B": 2.7726}})
     assert len(axes) == 2 and [a.get_title() for a in axes] == ["BPR", "InfoNCE"]
@@ -456,7 +454,14 @@ def test_figures_draw_what_they_are_given(agg):
     assert list(one.get_ydata()) == [pytest.approx(0.7)] and one.get_marker() == "."
     gen = plots.loss_panels({"BPR": (v for v in [3.0, 1.0])}, smooth=2)[0].get_lines()[1]
     assert list(gen.get_ydata()) == [2.0]
-    for bad, kwargs, match in [({}, {}, "non-empty"), ({"BPR": []}, {}, "'BPR' must be a non-empty 1-D"),
+    import matplotlib.pyplot as plt
+    _, grid = plt.subplots(2, 2)
+    drawn = plots.loss_panels({"A": [1.0, 0.5], "B": [2.0, 1.0]}, axes=grid[1])  # into a given row
+    assert list(drawn) == list(grid[1]) and grid[1][1].get_title() == "B" and not grid[0][0].get_lines()
+    refs = plots.loss_references("bpr", 16)
+    assert refs["bpr"] == {"ln 2: every score equal": pytest.approx(math.log(2))}
+    assert list(refs["infonce"].values()) == [pytest.approx(math.log(16))] and "bpr" not in plots.loss_references("softmax", 16)
+    for bad, kwargs, match in [({"A": [1.0]}, {"axes": grid[1]}, "1 curve.s. need as many axes; got 2"),({}, {}, "non-empty"), ({"BPR": []}, {}, "'BPR' must be a non-empty 1-D"),
                                ({"BPR": [1.0, float("nan"), 2.0]}, {}, "not finite at step.s. 2"),
                                ({"BPR": [1.0, 2.0]}, {"smooth": 2.5}, "smooth must be an integer"),
                                ({"BPR": [1.0, 2.0]}, {"references": {"bpr": {"ln 2": 0.69}}}, "'bpr', which is not a curve"),
