@@ -138,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     try:
         if args.executed:
-            notebooks = [next(args.executed.glob(f"{n}*.ipynb")) for n in args.names]
+            notebooks = []
+            for n in args.names:
+                found = sorted(args.executed.glob(f"{n}*.ipynb"))
+                if not found:
+                    raise SystemExit(f"--executed {args.executed}: no executed notebook {n}*.ipynb there "
+                                     f"(name the ones it holds, e.g. `... --executed DIR 06`)")
+                notebooks.append(found[0])
             for nb in notebooks:
                 shutil.copy(nb, work / nb.name)
             notebooks = [work / nb.name for nb in notebooks]
