@@ -627,7 +627,7 @@ def experiment(cfg: CourseSettings, progress: bool | None = None):
     keyed["data"] = {k: v for k, v in conf["data"].items() if k != "raw_dir"}
     key = json.dumps({"config": keyed, "data": pipeline.data_signature(exp.dataset)}, sort_keys=True)
     exp.out = paths.runs_dir() / f"course-experiment-{conf['name']}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-    exp.load_sasrec()
+    exp.load_sasrec(run)  # the run fetched above (reading it again would say "reusing" twice)
     return exp
 
 

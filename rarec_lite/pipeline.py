@@ -391,15 +391,18 @@ class Experiment:
         self.eval_targets = np.asarray([self.split.test_target[u] for u in self.eval_users])
 
     # -- stage 2: SASRec ------------------------------------------------------------------
-    def load_sasrec(self) -> None:
-        # one trained encoder per data + hyper-parameters in $RAREC_HOME/runs, shared with the notebooks
+    def load_sasrec(self, run=None) -> None:
+        """The frozen ID encoder: one trained SASRec per data + hyper-parameters in ``$RAREC_HOME/runs``,
+        shared with the notebooks (``run``: a :class:`rarec_lite.sasrec.SASRecRun` the caller already
+        fetched for this config, e.g. :func:`rarec_lite.course.experiment`'s, so it is not read twice)."""
         from rarec_lite.sasrec import cached_sasrec_run
 
-        run = cached_sasrec_run(self.dataset, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
+        if run is None:
+            run = cached_sasrec_run(self.dataset, progress=self.progress, seed=self.seed, **self.cfg["sasrec"])
         if not (run.reused and self.progress):  # with progress, cached_sasrec_run has said it already
             _log(f"SASRec: {'reusing' if run.reused else 'trained'} {run.out_dir} "
                  f"(best epoch {run.metrics['best_epoch']} of {run.metrics['epochs']})")
-        self.sasrec, self.sasrec_metrics = run.model, run.metrics
+        self.sasrec, self.sasrec_metrics = run.model.to("cpu"), run.metrics  # scored on the CPU, as always
         self.sasrec.eval()
 
     def user_id_embeddings(self, histories: list) -> torch.Tensor:

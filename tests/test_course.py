@@ -565,7 +565,7 @@ def test_sasrec_run_is_the_shared_cached_run(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------ notebook 06's experiment
 
 
-def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatch, tmp_path):
+def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatch, tmp_path, capsys):
     """course.experiment: the pipeline's Experiment on the notebook's data, settings and SASRec."""
     from dataclasses import replace
     from types import SimpleNamespace
@@ -593,10 +593,14 @@ def test_experiment_is_the_pipelines_on_the_notebook_data_and_encoder(monkeypatc
     assert exp.out.parent == tmp_path / "runs" and exp.out.name.startswith("course-experiment-course-quick-")
     assert course.experiment(cfg).out == exp.out
     assert course.experiment(replace(cfg, max_users=50)).out != exp.out
+    capsys.readouterr()
+    again = course.experiment(cfg, progress=True)  # the cached encoder is read once and said once
+    assert capsys.readouterr().out.count("SASRec: reusing") == 1
+    torch.testing.assert_close(again.sasrec.item_embeddings(), run.model.item_embeddings())
 
     # full mode on a CPU is the pipeline's cpu-quick config itself (here with the toy data source)
     monkeypatch.setattr(pipeline.Experiment, "load_data", lambda self: setattr(self, "dataset", ds))
-    monkeypatch.setattr(pipeline.Experiment, "load_sasrec", lambda self: None)
+    monkeypatch.setattr(pipeline.Experiment, "load_sasrec", lambda self, run=None: None)
     monkeypatch.setattr(course, "sasrec_run", lambda cfg, dataset, progress=None: SimpleNamespace(config={}))
     hw = course.Hardware("cpu", "nf4", None, None, 2, False, "test")
     full = course.experiment(course.settings(False, hw, verbose=False))
