@@ -1156,8 +1156,7 @@ def _add_confidence_intervals(entries: dict, ranks: dict, tied: dict, cfg: dict)
                                                          "ci_high": cmp.ci_high, "p_value": cmp.p_value}
 
 
-def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "", rank_loss: str = "bpr",
-             batch_size: int = 16) -> list[str]:
+def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str, rank_loss: str, batch_size: int) -> list[str]:
     """Metric bars with 95% bootstrap CIs, and the training curves (``plots.loss_panels``, as notebook 06
     draws them), titled with the dataset. Returns the paths written."""
     import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
@@ -1177,9 +1176,9 @@ def _figures(fig_dir: Path, entries: dict, losses: dict, dataset: str = "", rank
     if losses:  # one row per trained method: its ranking loss and (when it trained with it) InfoNCE, own axes
         fig, axes = plt.subplots(len(losses), 2, figsize=(9.2, 3.9 * len(losses)), squeeze=False)
         refs = plots.loss_references(rank_loss, batch_size)
+        names = {"bpr": "BPR" if rank_loss == "bpr" else "sampled softmax", "infonce": "InfoNCE (mean over layers)"}
         for row, (name, curve) in zip(axes, losses.items()):
             keys = ["bpr"] + (["infonce"] if any(v for v in curve["infonce"]) else [])
-            names = {"bpr": "BPR" if rank_loss == "bpr" else "sampled softmax", "infonce": "InfoNCE (mean over layers)"}
             title = METHODS[name].label  # two lines: the method, then the loss (long labels do not collide)
             plots.loss_panels({f"{title}\n{names[k]}": curve[k] for k in keys},
                               references={f"{title}\n{names[k]}": refs[k] for k in keys if k in refs},

@@ -118,6 +118,16 @@ def _amx_like_gemv_4bit(calls):
 
 
 @pytest.fixture
+def plain_cpu(monkeypatch):
+    """bitsandbytes behaving as on a CPU without AVX512-BF16 (the other CPU family): its 4-bit layers are
+    built with ``support_avx512bf16_for_cpu = False`` and never take the repacked kernel."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
+
+
+@pytest.fixture
 def amx_cpu(monkeypatch):
     """bitsandbytes behaving as on an AVX512-BF16 CPU; yields the list of stand-in kernel calls."""
     pytest.importorskip("bitsandbytes")

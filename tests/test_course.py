@@ -461,7 +461,8 @@ def test_figures_draw_what_they_are_given(agg):
     refs = plots.loss_references("bpr", 16)
     assert refs["bpr"] == {"ln 2: every score equal": pytest.approx(math.log(2))}
     assert list(refs["infonce"].values()) == [pytest.approx(math.log(16))] and "bpr" not in plots.loss_references("softmax", 16)
-    for bad, kwargs, match in [({"A": [1.0]}, {"axes": grid[1]}, "1 curve.s. need as many axes; got 2"),({}, {}, "non-empty"), ({"BPR": []}, {}, "'BPR' must be a non-empty 1-D"),
+    for bad, kwargs, match in [({"A": [1.0]}, {"axes": grid[1]}, "1 curve.s. need as many axes; got 2"),
+                               ({}, {}, "non-empty"), ({"BPR": []}, {}, "'BPR' must be a non-empty 1-D"),
                                ({"BPR": [1.0, float("nan"), 2.0]}, {}, "not finite at step.s. 2"),
                                ({"BPR": [1.0, 2.0]}, {"smooth": 2.5}, "smooth must be an integer"),
                                ({"BPR": [1.0, 2.0]}, {"references": {"bpr": {"ln 2": 0.69}}}, "'bpr', which is not a curve"),

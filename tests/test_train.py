@@ -210,7 +210,8 @@ def test_gradient_guard_names_the_silent_tensor(backbone, data, tmp_path):
 
 
 @pytest.mark.parametrize("attention", ["gated", "joint"])
-@pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16"), ("bf16", "this")])
+@pytest.mark.parametrize("quantization,cpu", [(None, "this"), ("nf4", "this"), ("nf4", "avx512_bf16"),
+                                              ("nf4", "no_avx512_bf16"), ("bf16", "this")])
 def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantization, cpu, attention, request):
     # the pipeline's order: a no-grad pass first (standardisation statistics), then training. On CPUs
     # with AVX512-BF16, bitsandbytes 0.50.2 used to repack 4-bit weights on that pass and pass no
@@ -219,6 +220,8 @@ def test_alignment_moves_after_a_no_grad_pass_in_fp32_and_nf4(tmp_path, quantiza
         pytest.importorskip("bitsandbytes")
     if cpu == "avx512_bf16":  # bitsandbytes as on such a CPU (conftest.amx_cpu: its repacked, gradient-less path)
         calls = request.getfixturevalue("amx_cpu")
+    elif cpu == "no_avx512_bf16":  # as on the other CPU family, whatever this machine's flags (conftest.plain_cpu)
+        request.getfixturevalue("plain_cpu")
     from rarec_lite.llm import load_backbone
 
     with pytest.MonkeyPatch.context() as mp:
