@@ -186,9 +186,10 @@ def loss_panels(curves: Mapping[str, Sequence[float]], references: Mapping[str, 
     elif len(axes) != len(data):
         raise ValueError(f"loss_panels: {len(data)} curve(s) need as many axes; got {len(axes)}")
     for ax, (name, y) in zip(axes, data.items()):
-        ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.3, lw=0.8, marker="." if len(y) < 3 else None,
-                label="per step")
-        if 1 < smooth <= len(y):
+        smoothed = 1 < smooth <= len(y)  # without a running mean the per-step line is the only one: drawn solid
+        ax.plot(np.arange(1, len(y) + 1), y, color="#4C72B0", alpha=0.3 if smoothed else 1.0, lw=0.8 if smoothed else 1.5,
+                marker="." if len(y) < 3 else None, label="per step")
+        if smoothed:
             s = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
             x = np.arange(smooth, smooth + len(s))
             ax.plot(x, s, color="#4C72B0", lw=2, label=f"mean of {smooth} steps: {s[0]:.3f} -> {s[-1]:.3f}")
