@@ -19,8 +19,10 @@ Everything is printed as seconds and ratios measured in this run (never asserted
    adds overrides), early stopping on validation NDCG@10; prints each epoch, then the best
    validation NDCG@10, the epoch and the wall seconds it was reached at (training + per-epoch
    validation), the epochs run, and the test metrics of the restored best epoch over all users.
-3. **evaluation**: users/s of a full-ranking evaluation against one ``(U x d) @ (d x I)`` matmul,
-   and the encoder's share (users encoded in length-sorted chunks vs one padded batch).
+3. **evaluation**: seconds of a full-ranking evaluation with each batch encoded on its own
+   (``evaluate(model.score_histories)``) against every user encoded once (:func:`rarec_lite.sasrec.evaluate_sasrec`),
+   the encoder's share (length-sorted chunks vs one padded batch), and for one batch the score matmul and the
+   rank counts in blocks of :data:`rarec_lite.metrics.RANK_ROWS` users against one ``(U, I)`` pass.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rarec_lite.metrics import evaluate
-from rarec_lite.sasrec import (SASRec, SASRecConfig, _length_bucketed_batches, pad_histories, sequence_loss,
-                               train_sasrec, training_pairs)
+from rarec_lite.metrics import RANK_ROWS, evaluate, full_ranking_rank_ties
+from rarec_lite.sasrec import (SASRec, SASRecConfig, _length_bucketed_batches, evaluate_sasrec, pad_histories,
+                               sequence_loss, train_sasrec, training_pairs)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon_cloth"
 
@@ -122,6 +124,17 @@ def to_plateau(ds, losses: list[str], overrides: dict, epochs: int, patience: in
               f"{test['HR@10']:7.4f} {test['HR@100']:7.4f} {wall:7.0f}")
 
 
+def plain_rank_ties(scores: torch.Tensor, targets: np.ndarray, histories) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: one ``(U, I)`` pass as one would first write it (copy, NaN mask, compare, sum)."""
+    s = scores.clone()
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    keep = s[torch.arange(len(targets)), torch.from_numpy(targets)].clone()
+    s[torch.from_numpy(rows), torch.from_numpy(np.concatenate(histories).astype(np.int64))] = float("nan")
+    s[torch.arange(len(targets)), torch.from_numpy(targets)] = keep
+    col = keep[:, None]
+    return (s > col).sum(1).numpy(), ((s == col).sum(1) - 1).numpy()
+
+
 def eval_speed(ds, cfg: SASRecConfig, users: int) -> None:
     print(f"\n-- 3. full-ranking evaluation, {users} validation users --")
     split = ds.split()
@@ -129,27 +142,32 @@ def eval_speed(ds, cfg: SASRecConfig, users: int) -> None:
                    cfg.similarity, cfg.temperature).eval()
     n = min(users, ds.num_users)
     hist, target = split.valid_history[:n], np.asarray(split.valid_target[:n])
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
     with torch.no_grad():
-        start = time.perf_counter()
-        model.encode(pad_histories(hist, cfg.max_len, trim=True))
-        padded_s = time.perf_counter() - start
-        start = time.perf_counter()
-        model.encode_histories(hist)
-        encode_s = time.perf_counter() - start
-        start = time.perf_counter()
-        evaluate(model.score_histories, hist, target, ds.num_items, batch_size=cfg.eval_batch_size)
-        eval_s = time.perf_counter() - start
-        u, items = torch.randn(n, cfg.hidden), model.item_embeddings().clone()
-        u @ items.T  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            u @ items.T
-        matmul_s = (time.perf_counter() - start) / 3
-    print(f"evaluate (encode + score + mask + rank): {n / eval_s:8.0f} users/s ({eval_s:.2f} s), "
-          f"of which the encoder {encode_s:.2f} s (length-sorted chunks; one batch padded to its longest "
-          f"history: {padded_s:.2f} s)")
-    print(f"floor: one ({n} x {cfg.hidden}) @ ({cfg.hidden} x {ds.num_items}) matmul {matmul_s:.3f} s; "
-          f"evaluation / floor {eval_s / matmul_s:.1f}x; all {ds.num_users} users ~{ds.num_users * eval_s / n:.0f} s")
+        _, padded_s = timed(lambda: model.encode(pad_histories(hist, cfg.max_len, trim=True)))
+        states, encode_s = timed(lambda: model.encode_histories(hist))
+        per_batch, per_batch_s = timed(lambda: evaluate(model.score_histories, hist, target, ds.num_items,
+                                                        batch_size=cfg.eval_batch_size))
+        (once, _), once_s = timed(lambda: evaluate_sasrec(model, hist, target, cfg.eval_batch_size))
+        items = model.item_embeddings()
+        scores = states[: cfg.eval_batch_size] @ items.T
+        b = scores.shape[0]
+        _, matmul_s = timed(lambda: states[: cfg.eval_batch_size] @ items.T)
+        blocked, blocked_s = timed(lambda: full_ranking_rank_ties(scores, target[:b], hist[:b]))
+        plain, plain_s = timed(lambda: plain_rank_ties(scores, target[:b], hist[:b]))
+    same = np.array_equal(blocked.greater, plain[0]) and np.array_equal(blocked.tied, plain[1])
+    print(f"encoder: {encode_s:.2f} s in length-sorted chunks (one batch padded to its longest history: {padded_s:.2f} s)")
+    print(f"evaluate(model.score_histories) (each batch encoded, scored, ranked): {per_batch_s:.2f} s; "
+          f"evaluate_sasrec (encoded once): {once_s:.2f} s, {per_batch_s / once_s:.2f}x faster "
+          f"(same NDCG@10: {per_batch.metrics['NDCG@10']:.6f} vs {once.metrics['NDCG@10']:.6f})")
+    print(f"one batch of {b} users: score matmul {matmul_s:.3f} s; rank counts {blocked_s:.3f} s in blocks of "
+          f"{RANK_ROWS} users vs {plain_s:.3f} s in one (U, I) pass ({plain_s / blocked_s:.1f}x; identical counts: {same})")
+    print(f"all {ds.num_users} users ~{ds.num_users * once_s / n:.0f} s per evaluation")
 
 
 def main() -> None:

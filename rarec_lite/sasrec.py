@@ -888,9 +888,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
             print(f"resuming from {ckpt_path} after epoch {state['epoch']}")
 
     def valid_eval(m: SASRec) -> EvalResult:
-        m.eval()
-        return evaluate(m.score_histories, split.valid_history, split.valid_target, num_items,
-                        DEFAULT_KS, config.eval_batch_size)
+        return evaluate_sasrec(m, split.valid_history, split.valid_target, config.eval_batch_size)[0]
 
     n = inputs.shape[0]
     lengths = (inputs != 0).sum(1)
@@ -969,9 +967,7 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     for p in model.parameters():
         p.requires_grad_(False)
     valid = valid_eval(model)
-    test = evaluate(model.score_histories, split.test_history, split.test_target, num_items, DEFAULT_KS,
-                    config.eval_batch_size)
-    users = model.encode_histories(split.test_history)  # (U, d)
+    test, users = evaluate_sasrec(model, split.test_history, split.test_target, config.eval_batch_size)  # users (U, d)
     if not main:  # rank 0 writes the exports; the others wait until they are complete
         distributed.barrier()
         return SASRecRun(out_dir, model, valid, test, _run_metrics(state, valid, test, conf, num_users, num_items), conf)
@@ -989,6 +985,32 @@ def train_sasrec(dataset, out_dir, device: str = "cpu", progress: bool = True, m
     atomic_write_json(out_dir / "metrics.json", metrics)
     distributed.barrier()
     return SASRecRun(out_dir, model, valid, test, metrics, conf)
+
+
+def evaluate_sasrec(model: SASRec, histories: Sequence[np.ndarray], targets, batch_size: int = 1024
+                    ) -> tuple[EvalResult, torch.Tensor]:
+    """Leave-one-out full-ranking metrics of a SASRec (history masked, expected ties; :func:`rarec_lite.metrics.evaluate`).
+
+    Every history is encoded once (:meth:`SASRec.encode_histories`, sorted by length), then scored
+    against :meth:`SASRec.item_embeddings` ``batch_size`` users at a time: the same scores as
+    ``evaluate(model.score_histories, ...)`` up to float rounding, in less time (on Clothing's
+    39,387 validation users, 5.1 s instead of 7.3 on two threads; bench/bench_sasrec.py).
+
+    Args:
+        model: switched to eval mode (no dropout).
+        histories: ``U`` arrays of item ids, oldest first; targets: ``(U,)`` held-out item ids.
+        batch_size: users per ``(batch, I)`` score matrix (memory only).
+
+    Returns:
+        ``(result, users)``: the :class:`EvalResult` and the ``(U, d)`` float32 user encodings.
+    """
+    model.eval()
+    states = model.encode_histories(histories)  # (U, d)
+    with torch.no_grad():
+        items = model.item_embeddings().float().cpu()  # (I, d)
+    result = evaluate(lambda batch, users: states[torch.from_numpy(users)] @ items.T, histories, targets,
+                      model.num_items, DEFAULT_KS, batch_size)
+    return result, states
 
 
 def _run_metrics(state: dict, valid: EvalResult, test: EvalResult, conf: dict, num_users: int, num_items: int) -> dict:

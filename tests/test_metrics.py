@@ -246,6 +246,31 @@ def test_sampled_protocol_labelled_and_correct():
 # ----------------------------------------------------------------------------- expected ties
 
 
+def test_rank_ties_match_a_python_loop_across_row_blocks_and_never_write_scores():
+    """More users than one block of RANK_ROWS; histories with repeats, the target itself and items tied
+    with it; NaN and -inf scores of other items. Checked against a loop over the items."""
+    from rarec_lite.metrics import RANK_ROWS
+
+    rng = np.random.default_rng(21)
+    num_users, num_items = 2 * RANK_ROWS + 7, 50
+    scores = rng.integers(0, 4, size=(num_users, num_items)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.03] = np.nan
+    scores[rng.random(scores.shape) < 0.03] = -np.inf
+    targets = rng.integers(0, num_items, size=num_users)
+    scores[np.arange(num_users), targets] = rng.integers(0, 4, size=num_users)  # a target is never NaN
+    histories = [np.concatenate([rng.integers(0, num_items, size=rng.integers(0, 12)), [t] * (u % 2)])
+                 for u, t in enumerate(targets)]  # repeats, and the target in every other history
+    before = torch.from_numpy(scores.copy())
+    tensor = torch.from_numpy(scores)
+    g, t = full_ranking_rank_ties(tensor, targets, histories)
+    assert torch.equal(tensor.isnan(), before.isnan()) and torch.equal(tensor.nan_to_num(), before.nan_to_num())
+    for u in range(num_users):
+        ts, removed = scores[u, targets[u]], set(histories[u].tolist()) - {int(targets[u])}
+        others = [scores[u, j] for j in range(num_items) if j != targets[u] and j not in removed]
+        assert (g[u], t[u]) == (sum(v > ts for v in others), sum(v == ts for v in others)), u
+    assert g.dtype == t.dtype == np.int64
+
+
 def old_pessimistic_ranks(scores, targets, exclude) -> np.ndarray:
     """The package's rule before tie-aware metrics: -inf mask, rank = #(score >= target's) - 1."""
     s = np.array(scores, dtype=np.float64)
