@@ -232,7 +232,9 @@ def locate_raw(dataset: str = "cloth") -> tuple[Path | None, str]:
         found = detect_raw_source(path, key, any_name=own)
         if found is not None and (own or found.format != "openp5"):
             return path.resolve(), how + note
-    return None, f"real {label(key)} not found" + note
+    looked = list(dict.fromkeys(str(path.resolve()) for path, _, _ in candidates))  # in order, once each
+    hint = "" if value else " (set $RAREC_MIRROR to a folder holding the raw files, or run data_download.sh)"
+    return None, f"real {label(key)} not found in {', '.join(looked)}{hint}" + note
 
 
 def find_raw(dataset: str = "cloth") -> Path | None:
@@ -395,8 +397,13 @@ def settings(quick: bool, hw: Hardware | None = None, verbose: bool = True, data
     if verbose:
         mode = "QUICK mode (tiny random model, small slice, few steps)" if quick else "FULL mode"
         users = "all users" if base.max_users is None else f"{base.max_users} users"
-        data = (f"real {label(base.dataset)} from {base.raw_dir}, {users}" if base.raw_dir
-                else f"synthetic toy data, {users}")
+        if base.raw_dir:
+            data = f"real {label(base.dataset)} from {base.raw_dir}, {users}"
+        else:
+            from rarec_lite.data.toy import TOY_USERS
+
+            toy = TOY_USERS if base.max_users is None else min(base.max_users, TOY_USERS)
+            data = f"synthetic toy data, {toy} users"
         precision = base.quantization or "full precision, fp32"
         if quick and hw.quantization and not base.quantization:
             precision += f"; quick mode never quantizes its tiny model, full mode would load {hw.quantization}"

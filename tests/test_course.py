@@ -132,6 +132,32 @@ def test_relative_mirror_is_read_from_the_repository_root(monkeypatch, tmp_path,
     assert found == cloth and origin.startswith("the course machines' ../shared/data; note: RAREC_MIRROR='../nothing/here'")
 
 
+def test_data_not_found_lists_where_it_looked(monkeypatch, tmp_path, capsys):
+    """Without $RAREC_MIRROR and no data anywhere, the notebook's header names every place tried and how to
+    point it at the data; the toy fallback states its real size (200 users, not the 300 asked for)."""
+    from rarec_lite import paths
+    from rarec_lite.data.toy import TOY_USERS
+
+    repo = tmp_path / "a" / "b" / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    monkeypatch.delenv("RAREC_MIRROR", raising=False)
+    monkeypatch.delenv("RAREC_COURSE_DATA", raising=False)
+    monkeypatch.setenv("RAREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(course, "__file__", str(repo / "rarec_lite" / "course.py"))
+    monkeypatch.chdir(repo / "notebooks")
+    found, origin = course.locate_raw()
+    assert found is None and origin.startswith("real Amazon Clothing")
+    for place in (paths.raw_dir("cloth"), repo / "shared" / "data" / "amazon_cloth",
+                  tmp_path / "a" / "b" / "shared" / "data" / "amazon_cloth"):
+        assert str(place.resolve()) in origin
+    assert "set $RAREC_MIRROR" in origin and "data_download.sh" in origin
+    monkeypatch.setattr(course, "network_reachable", lambda *a, **k: False)
+    cfg = course.settings(True, course.detect_hardware(verbose=False))
+    assert cfg.max_users == 300 > TOY_USERS == len(course.load_course_dataset(cfg).sequences) == 200
+    out = capsys.readouterr().out
+    assert f"synthetic toy data, {TOY_USERS} users" in out and "set $RAREC_MIRROR" in out
+
+
 @pytest.mark.parametrize("found,quick,colab,network,toy,want", [
     (None, False, True, False, False, True),     # Colab, data missing: fetch (Colab is online)
     (None, False, False, True, False, True),     # a laptop online: fetch

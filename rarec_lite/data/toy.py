@@ -21,8 +21,12 @@ _TOY_CLUSTERS = [
 ]
 
 
+#: users of the synthetic toy dataset (``load_dataset("toy")``)
+TOY_USERS = 200
+
+
 def synthetic_dataset(
-    num_users: int = 200,
+    num_users: int = TOY_USERS,
     num_items: int = 100,
     seed: int = 0,
     num_clusters: int = 4,
