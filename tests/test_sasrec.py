@@ -54,7 +54,9 @@ class ToyDataset:
                     [x[:-1] for x in s], np.array([x[-1] for x in s]))
 
 
-TINY = dict(hidden=16, max_len=8, num_layers=1, num_heads=2, dropout=0.1, lr=1e-2, batch_size=32)
+#: a tiny model at a constant learning rate (so that a run can be extended by more epochs); the default cosine
+#: schedule has its own resume test (test_default_cosine_run_interrupted_mid_way_resumes_exactly)
+TINY = dict(hidden=16, max_len=8, num_layers=1, num_heads=2, dropout=0.1, lr=1e-2, batch_size=32, lr_schedule="constant")
 
 
 def test_pad_histories_right_aligns_and_truncates():
@@ -276,7 +278,7 @@ def test_gbce_equals_the_reference_transformed_logit_form():
 def test_learning_rate_schedule_by_hand():
     from rarec_lite.sasrec import SASRecConfig, learning_rate
 
-    c = SASRecConfig(lr=1e-3, warmup_steps=10, epochs=2)
+    c = SASRecConfig(lr=1e-3, warmup_steps=10, epochs=2, lr_schedule="constant")
     assert [learning_rate(c, s, 100) for s in (1, 5, 10, 11, 200)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
     c = SASRecConfig(lr=1e-3, warmup_steps=0, lr_schedule="cosine", epochs=2)
     # 200 steps in all: half-way the cosine is at half the peak, at the end at 0
@@ -317,6 +319,39 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch, ema_decay
     assert not all(torch.equal(exported[n], four[f"{judged}{n}"]) for n in exported)  # ... not epoch 4's
     reloaded = load_sasrec(tmp_path / "es")
     assert all(torch.equal(p, exported[n]) for n, p in reloaded.state_dict().items())
+
+
+def test_default_cosine_run_interrupted_mid_way_resumes_exactly(tmp_path, monkeypatch):
+    """The defaults' cosine schedule (its length is ``epochs``): a run killed after writing epoch 2's
+    checkpoint and started again with the same config ends bit-identical to an uninterrupted one."""
+    from rarec_lite import sasrec as mod
+
+    assert mod.SASRecConfig().lr_schedule == "cosine"
+    ds = ToyDataset(num_users=100, seed=6)
+    cfg = dict(TINY, lr_schedule="cosine", epochs=4, patience=10)
+    straight = train_sasrec(ds, tmp_path / "a", progress=False, **cfg)
+    real, writes = mod._write_checkpoint, []
+
+    def killed_after_epoch_2(*args, **kwargs):
+        real(*args, **kwargs)
+        writes.append(1)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "_write_checkpoint", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_sasrec(ds, tmp_path / "b", progress=False, **cfg)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")[1]["epoch"] == 2
+    resumed = train_sasrec(ds, tmp_path / "b", progress=False, **cfg)
+    ta, ma = load_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
+    tb, mb = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # weights, EMA, best, Adam
+    assert [h["valid_ndcg10"] for h in ma["history"]] == [h["valid_ndcg10"] for h in mb["history"]]
+    assert (mb["epoch"], resumed.metrics["epochs"]) == (4, 4)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert resumed.test.metrics == straight.test.metrics
 
 
 def test_resume_is_exact_with_gbce_warmup_and_weight_decay(tmp_path):
