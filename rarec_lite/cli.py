@@ -99,10 +99,12 @@ def _cmd_train_sasrec(args: argparse.Namespace) -> int:
     cfg = {f.name: getattr(args, f.name) for f in dataclasses.fields(SASRecConfig)}
     check_config(cfg)  # a bad value fails here, before the data is read
     dataset = load_dataset(args.dataset)
+    schedule = (f"the learning rate decays to 0 over them (--lr-schedule {args.lr_schedule})"
+                if args.lr_schedule == "cosine" else f"constant learning rate (--lr-schedule {args.lr_schedule})")
     print(f"train-sasrec on {args.dataset} ({dataset.num_users:,} users, {dataset.num_items:,} items): up to "
-          f"{args.epochs} epochs (--epochs), stopping early after {args.patience} epochs without a better "
-          f"validation NDCG@10 (--patience); the best epoch is kept. One line per finished epoch; a finished run "
-          "with the same data and settings is reused, and Ctrl-C then the same command resumes.", flush=True)
+          f"{args.epochs} epochs (--epochs), {schedule}, stopping early after {args.patience} epochs without a "
+          f"better validation NDCG@10 (--patience); the best epoch is kept. One line per finished epoch; a finished "
+          "run with the same data and settings is reused, and Ctrl-C then the same command resumes.", flush=True)
     if args.out:
         run = train_sasrec(dataset, Path(args.out), **cfg)
     else:  # the shared cache: the pipeline and the notebooks reuse this run when they ask for the same model

@@ -50,4 +50,5 @@ def test_train_sasrec_announces_its_epoch_budget_and_early_stopping(monkeypatch,
     assert rc == 0
     first = out.splitlines()[0]
     assert "up to 2 epochs (--epochs)" in first and "after 1 epochs without a better validation NDCG@10" in first
+    assert "decays to 0 over them (--lr-schedule cosine)" in first  # the default schedule
     assert "60 users, 60 items" in first
