@@ -63,7 +63,7 @@ SASREC_HELP = {
     "lr_schedule": "'constant' or 'cosine' (to 0 at the last epoch) after the warm-up",
     "batch_size": "training sequences per step",
     "epochs": "the most epochs; with --lr-schedule cosine also the schedule's length (the rate reaches 0 at the "
-              "last one), so the best epoch is usually the last; early stopping may end sooner",
+              "last one), so the best epoch is usually one of the last; early stopping may end sooner",
     "patience": "stop after this many epochs without a better validation NDCG@10; the best epoch is kept",
     "seed": "shuffling, dropout and negatives",
     "loss": "'ce' full-catalogue softmax, 'sampled' sampled softmax over --sampled-negatives shared items "
