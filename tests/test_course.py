@@ -573,7 +573,8 @@ def test_sasrec_run_is_the_shared_cached_run(monkeypatch, tmp_path):
     cfg = course.CourseSettings(True, "cpu", None, "tiny-llama", 60, 1, 1, 2, 10)
     first = course.sasrec_run(cfg, ds, progress=False)
     # the run dir is keyed by the data and the hyper-parameters (sasrec.sasrec_run_dir), under $RAREC_HOME/runs
-    assert first.out_dir == sasrec.sasrec_run_dir(ds, hidden=32, max_len=20, num_layers=1, seed=0)
+    # (epochs is keyed: it is the length of the default cosine schedule)
+    assert first.out_dir == sasrec.sasrec_run_dir(ds, hidden=32, max_len=20, num_layers=1, seed=0, epochs=1)
     assert first.out_dir.parent == tmp_path / "runs" and first.out_dir.name.startswith("sasrec-toy-")
     # the same settings reuse the finished run (not retrained); another seed gets its own
     again = course.sasrec_run(cfg, ds, progress=False)
@@ -584,7 +585,8 @@ def test_sasrec_run_is_the_shared_cached_run(monkeypatch, tmp_path):
     # full mode asks for the main job's encoder (cpu-quick's [sasrec]): the pipeline's cached run
     seen = {}
     monkeypatch.setattr(sasrec, "cached_sasrec_run", lambda dataset, **kw: seen.update(kw))
-    course.sasrec_run(course.CourseSettings(False, "cpu", None, "smollm2-135m", None, 7, 1, 2, 10), ds)
+    epochs = load_config("cpu-quick")["sasrec"]["epochs"]  # what settings(quick=False) puts in sasrec_epochs
+    course.sasrec_run(course.CourseSettings(False, "cpu", None, "smollm2-135m", None, epochs, 1, 2, 10), ds)
     model_cfg = {k: v for k, v in seen.items() if k not in ("device", "progress")}
     assert sasrec.sasrec_run_dir(ds, **model_cfg) == sasrec.sasrec_run_dir(ds, seed=0, **load_config("cpu-quick")["sasrec"])
 
